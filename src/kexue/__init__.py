@@ -1,0 +1,13 @@
+"""kexue: the shared, tested code behind the book's chapters.
+
+Importing :mod:`kexue` is cheap: it never imports torch, tensorflow or keras. The framework
+specific parts live in :mod:`kexue.torch` and :mod:`kexue.keras`.
+"""
+
+from kexue.device import device
+from kexue.random import seed_everything
+from kexue.scale import Scale, pick, scale
+
+__version__ = "0.1.0"
+
+__all__ = ["Scale", "__version__", "device", "pick", "scale", "seed_everything"]

@@ -1,0 +1,12 @@
+"""Shared test settings: no GPU, quick scale, no progress bars, a non-interactive plot backend."""
+
+import os
+
+os.environ.setdefault("KEXUE_SCALE", "quick")
+os.environ.setdefault("KEXUE_PROGRESS", "0")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "built_book: checks of the built HTML book (run by .ci/book after the build)")

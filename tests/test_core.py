@@ -1,0 +1,90 @@
+"""kexue's shared helpers: scale, seeding, device, progress bars, plot style, argument checks."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import kexue
+from kexue import plot
+from kexue._checks import one_of, positive_int
+from kexue.progress import progress, progress_enabled
+
+
+@pytest.mark.parametrize("value", ["quick", "full", " FULL "])
+def test_scale_reads_the_environment(monkeypatch, value):
+    monkeypatch.setenv("KEXUE_SCALE", value)
+    assert kexue.scale() == value.strip().lower()
+    assert kexue.pick(quick=1, full=2) == (1 if value.strip().lower() == "quick" else 2)
+
+
+def test_scale_defaults_to_the_hardware(monkeypatch):
+    monkeypatch.delenv("KEXUE_SCALE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert kexue.scale() == "full"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert kexue.scale() == "quick"
+
+
+def test_bad_scale_is_named(monkeypatch):
+    monkeypatch.setenv("KEXUE_SCALE", "medium")
+    with pytest.raises(ValueError, match="KEXUE_SCALE.*'quick', 'full'.*'medium'"):
+        kexue.scale()
+
+
+def test_seed_everything_repeats_every_generator():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    kexue.seed_everything(7)
+    first = draw()
+    kexue.seed_everything(7)
+    assert draw() == first
+    kexue.seed_everything(8)
+    assert draw() != first
+
+
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (1.5, TypeError), ("3", TypeError), (True, TypeError)])
+def test_seed_everything_rejects_bad_seeds(bad, error):
+    with pytest.raises(error, match="seed"):
+        kexue.seed_everything(bad)
+
+
+def test_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert kexue.device() == torch.device("cpu")
+    assert kexue.device("cpu") == torch.device("cpu")
+    with pytest.raises(TypeError, match="name"):
+        kexue.device(0)
+
+
+def test_progress_is_off_headless_and_on_when_asked(monkeypatch):
+    monkeypatch.setenv("KEXUE_PROGRESS", "0")
+    assert not progress_enabled()
+    items = [1, 2, 3]
+    assert progress(items) is items
+    monkeypatch.setenv("KEXUE_PROGRESS", "1")
+    assert progress_enabled()
+    bar = progress(items, disable=True)
+    assert list(bar) == items and bar is not items
+
+
+def test_checks_name_the_argument():
+    assert positive_int("steps", 3) == 3
+    assert positive_int("n", np.int64(4)) == 4
+    with pytest.raises(ValueError, match="`steps` must be an integer >= 1, got 0"):
+        positive_int("steps", 0)
+    with pytest.raises(TypeError, match="`steps`.*float"):
+        positive_int("steps", 2.0)
+    with pytest.raises(ValueError, match="`kind` must be one of 'a', 'b'; got 'c'"):
+        one_of("kind", "c", ("a", "b"))
+
+
+def test_plot_style_applies_the_palette():
+    import matplotlib as mpl
+
+    plot.use_style()
+    assert mpl.rcParams["axes.prop_cycle"].by_key()["color"][0] == plot.PALETTE[0]
+    plot.use_style(**{"figure.dpi": 77})
+    assert mpl.rcParams["figure.dpi"] == 77
