@@ -1,0 +1,73 @@
+"""The chapters' contract (BOOK.md): paired and stripped twins, the setup cell, the badge, the essay."""
+
+import json
+
+import jupytext
+import pytest
+
+from tests.book_meta import NOTEBOOKS, ROOT, colab_url, config, setup_cell
+
+CHAPTERS = [
+    "01_gradient_accumulation", "02_lookahead_lazy", "03_keras_cooler", "04_batchnorm",
+    "05_wasserstein", "06_energy_models", "07_reparameterization", "08_vq_vae",
+]
+ids = [p.stem for p in NOTEBOOKS]
+
+
+def test_there_are_chapters_and_only_known_ones():
+    assert NOTEBOOKS, "no notebooks/NN_slug.md found"
+    assert {p.stem for p in NOTEBOOKS} <= set(CHAPTERS)
+
+
+@pytest.mark.parametrize("md", NOTEBOOKS, ids=ids)
+def test_ipynb_twin_is_in_sync_and_stripped(md):
+    twin = md.with_suffix(".ipynb")
+    assert twin.exists(), f"{twin.name} is missing: run `jupytext --sync {md.relative_to(ROOT)}`"
+    text = jupytext.read(md)
+    raw = json.loads(twin.read_text())
+    notebook = jupytext.read(twin)
+    source = [(c.cell_type, c.source) for c in text.cells]
+    paired = [(c.cell_type, c.source) for c in notebook.cells]
+    assert source == paired, f"{twin.name} is out of sync with {md.name}: run `jupytext --sync`"
+    for cell in raw["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, f"{twin.name} has outputs"
+    assert raw["metadata"]["jupytext"]["formats"] == "ipynb,md:myst"
+
+
+@pytest.mark.parametrize("md", NOTEBOOKS, ids=ids)
+def test_first_code_cell_is_the_setup_cell(md):
+    code = [c.source for c in jupytext.read(md).cells if c.cell_type == "code"]
+    assert code[0] == setup_cell(), "the setup cell differs from tests/book_meta.py:setup_cell()"
+
+
+@pytest.mark.parametrize("md", NOTEBOOKS, ids=ids)
+def test_badge_opens_the_ipynb_twin_on_colab(md):
+    text = md.read_text()
+    badge = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    assert f"{badge}({colab_url(md)})" in text
+    assert text.count("colab.research.google.com/github/") == 1
+
+
+@pytest.mark.parametrize("md", NOTEBOOKS, ids=ids)
+def test_chapter_cites_its_essay_prints_its_scale_and_checks(md):
+    text = md.read_text()
+    assert "https://kexue.fm/archives/" in text
+    assert "{cite}`" in text
+    code = "\n".join(c.source for c in jupytext.read(md).cells if c.cell_type == "code")
+    assert "kexue.scale()" in code and "print(" in code
+    assert code.count("assert ") >= 3
+
+
+def test_every_chapter_is_in_the_toc_and_ipynb_are_excluded_from_the_build():
+    toc = (ROOT / "_toc.yml").read_text()
+    for md in NOTEBOOKS:
+        assert f"file: notebooks/{md.stem}\n" in toc
+    assert "notebooks/*.ipynb" in config()["exclude_patterns"]
+
+
+def test_config_fails_the_build_on_errors():
+    execute = config()["execute"]
+    assert execute["execute_notebooks"] == "force"
+    assert execute["raise_on_error"] is True and execute["allow_errors"] is False
+    assert config()["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
