@@ -1,10 +1,9 @@
-"""Shared test settings: no GPU, quick scale, no progress bars, a non-interactive plot backend."""
+"""Shared test settings: quick scale, no progress bars, quiet TensorFlow (the nbval kernels inherit them)."""
 
 import os
 
 os.environ.setdefault("KEXUE_SCALE", "quick")
 os.environ.setdefault("KEXUE_PROGRESS", "0")
-os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 

@@ -41,3 +41,8 @@ def test_state_bytes_of_adam():
     assert sizes == {"parameters": params, "gradients": params, "optimizer": 2 * params + steps}
     with pytest.raises(TypeError, match="`model`"):
         state_bytes(opt)
+
+
+def test_activation_bytes_wants_a_callable():
+    with pytest.raises(TypeError, match="`forward` must be a callable"):
+        activation_bytes(torch.ones(3))

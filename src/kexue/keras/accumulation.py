@@ -1,4 +1,4 @@
-"""Gradient accumulation as a Keras 3 optimizer wrapper (chapter 01, eq. {eq}`accumulated-update`).
+"""Gradient accumulation as a Keras 3 optimizer wrapper (chapter 01, eq. accumulated-update).
 
 Reference: Su Jianlin, "用时间换取效果:Keras梯度累积优化器", 2019-07-08, https://kexue.fm/archives/6794.
 """

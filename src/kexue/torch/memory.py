@@ -1,4 +1,4 @@
-"""Where training memory goes (chapter 01, eq. {eq}`memory-budget`): state that is fixed, activations that scale."""
+"""Where training memory goes (chapter 01, eq. memory-budget): state that is fixed, activations that scale."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def activation_bytes(forward: Callable[[], T], exclude: Iterable[torch.Tensor] =
     the term :math:`b\\,A` of eq. ``memory-budget``. Tensors in ``exclude`` (pass the model's
     parameters) are not activations and are not counted. Returns ``(forward(), bytes)``.
     """
+    if not callable(forward):
+        raise TypeError(f"`forward` must be a callable taking no arguments, got {type(forward).__name__}")
     excluded = {_storage_key(t) for t in exclude}
     seen: dict[tuple[str, int], int] = {}
 
