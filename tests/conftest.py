@@ -1,8 +1,10 @@
-"""Shared test settings: quick scale, no progress bars, quiet TensorFlow (the nbval kernels inherit them)."""
+"""Shared test settings: no progress bars, quiet TensorFlow (the nbval kernels inherit them).
+
+The scale is left alone: notebooks follow KEXUE_SCALE, or the hardware when it is unset.
+"""
 
 import os
 
-os.environ.setdefault("KEXUE_SCALE", "quick")
 os.environ.setdefault("KEXUE_PROGRESS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
