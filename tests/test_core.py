@@ -9,7 +9,7 @@ import torch
 import kexue
 from kexue import plot
 from kexue._checks import one_of, positive_int
-from kexue.progress import progress, progress_enabled
+from kexue.progress_bar import progress, progress_enabled
 
 
 @pytest.mark.parametrize("value", ["quick", "full", " FULL "])
