@@ -35,7 +35,9 @@ class GradientAccumulation(keras.optimizers.Optimizer):
         model.fit(x, y, batch_size=8)   # updates as if batch_size were 32
 
     Works in ``model.fit``, is saved and restored with the model (``.keras`` files) and runs on the
-    tensorflow and torch backends. JAX's stateless training loop is not supported: use Keras's own
+    tensorflow and torch backends. The cycle of ``steps`` micro-batches runs on across epochs; a short
+    last batch of an epoch still gets the weight ``1/steps`` (chapter 01, eq. ``unequal-sizes``), so
+    choose a dataset size divisible by ``batch_size`` or drop the remainder. JAX's stateless training loop is not supported: use Keras's own
     ``gradient_accumulation_steps`` there.
     """
 

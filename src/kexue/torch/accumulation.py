@@ -36,6 +36,10 @@ class GradientAccumulation(torch.optim.Optimizer):
 
     ``state_dict()`` holds the inner optimizer's state, ``steps`` and the position inside the
     current accumulation cycle. The partial gradient sum lives in ``p.grad`` and is not saved.
+
+    Limitations: every micro-batch must have the same size for the mean to be the batch mean (else
+    scale micro-batch k's loss by ``n * m_k / b``, chapter 01 eq. ``unequal-sizes``); with
+    ``torch.amp.GradScaler``, whose ``step``/``update`` must run once per update, write the loop by hand.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, steps: int):
