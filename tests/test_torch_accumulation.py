@@ -166,5 +166,5 @@ def test_bad_optimizer():
     with pytest.raises(TypeError, match="`optimizer` must be a torch.optim.Optimizer"):
         GradientAccumulation(make_model(), 2)
     inner = GradientAccumulation(torch.optim.SGD(make_model().parameters(), lr=0.1), 2)
-    with pytest.raises(ValueError, match="already accumulates"):
+    with pytest.raises(ValueError, match="already a GradientAccumulation"):
         GradientAccumulation(inner, 2)

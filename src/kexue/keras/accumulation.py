@@ -11,10 +11,11 @@ import keras
 from keras import ops
 
 from kexue._checks import positive_int
+from kexue.keras.wrapper import OptimizerWrapper
 
 
 @keras.saving.register_keras_serializable(package="kexue")
-class GradientAccumulation(keras.optimizers.Optimizer):
+class GradientAccumulation(OptimizerWrapper):
     """Make any Keras optimizer apply the mean of ``steps`` successive gradients once every ``steps`` calls.
 
     With micro-batch gradients :math:`g_1, \\dots, g_n` of a loss averaged over each (equal-sized)
@@ -37,71 +38,37 @@ class GradientAccumulation(keras.optimizers.Optimizer):
     Works in ``model.fit``, is saved and restored with the model (``.keras`` files) and runs on the
     tensorflow and torch backends. The cycle of ``steps`` micro-batches runs on across epochs; a short
     last batch of an epoch still gets the weight ``1/steps`` (chapter 01, eq. ``unequal-sizes``), so
-    choose a dataset size divisible by ``batch_size`` or drop the remainder. JAX's stateless training loop is not supported: use Keras's own
-    ``gradient_accumulation_steps`` there.
+    choose a dataset size divisible by ``batch_size`` or drop the remainder. JAX's stateless training
+    loop is not supported: use Keras's own ``gradient_accumulation_steps`` there.
     """
 
+    _config_keys = ("steps",)
+
     def __init__(self, optimizer: keras.optimizers.Optimizer, steps: int, name: str | None = None, **kwargs: Any):
-        if not isinstance(optimizer, keras.optimizers.Optimizer):
-            raise TypeError(f"`optimizer` must be a keras.optimizers.Optimizer instance, got {type(optimizer).__name__}")
-        if optimizer.gradient_accumulation_steps:
+        if isinstance(optimizer, keras.optimizers.Optimizer) and optimizer.gradient_accumulation_steps:
             raise ValueError(
                 "`optimizer` already accumulates gradients (gradient_accumulation_steps="
                 f"{optimizer.gradient_accumulation_steps}); wrap an optimizer without it"
             )
         steps = positive_int("steps", steps)
-        if kwargs:
-            raise ValueError(
-                f"GradientAccumulation takes no optimizer arguments ({', '.join(kwargs)}); set them on `optimizer`"
-            )
-        if keras.backend.backend() == "jax":
-            raise NotImplementedError("GradientAccumulation supports the tensorflow and torch backends, not jax")
-        super().__init__(learning_rate=0.0, name=name)
-        self.inner_optimizer = optimizer
+        super().__init__(optimizer, name=name, **kwargs)
         self.steps = steps
 
     def build(self, var_list: list[keras.Variable]) -> None:
         # One running sum per trainable variable; the micro-step counter is the base class's
         # `_iterations`, which counts calls to `apply` (micro-batches), not updates.
         self._gradient_sums = [self.add_variable_from_reference(v, name="gradient_sum") for v in var_list]
-        self.inner_optimizer.build(var_list)
         super().build(var_list)
-
-    @property
-    def variables(self) -> list[keras.Variable]:
-        return self._variables + self.inner_optimizer.variables
 
     @property
     def micro_steps(self) -> keras.Variable:
         """How many micro-batch gradients have been received in all."""
         return self._iterations
 
-    @property
-    def iterations(self) -> Any:
-        """How many updates have been applied: the inner optimizer's count, which schedules use."""
-        return self.inner_optimizer.iterations
-
-    @property
-    def learning_rate(self) -> Any:
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate: Any) -> None:
-        # The base constructor assigns a placeholder before `inner_optimizer` exists.
-        if hasattr(self, "inner_optimizer"):
-            self.inner_optimizer.learning_rate = learning_rate
-
     def apply(self, grads: list[Any], trainable_variables: list[keras.Variable] | None = None) -> None:
-        if not self.built:
-            with keras.name_scope(self.name, caller=self):
-                self.build(trainable_variables)
-        variables = list(trainable_variables) if trainable_variables is not None else self._trainable_variables
-        if len(grads) != len(variables):
-            raise ValueError(f"got {len(grads)} gradients for {len(variables)} variables")
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        if not pairs:
+        grads, variables = self._gradients_and_variables(grads, trainable_variables)
+        if not grads:
             return
-        grads, variables = [g for g, _ in pairs], [v for _, v in pairs]
         sums = [self._gradient_sums[self._get_variable_index(v)] for v in variables]
 
         def update() -> None:
@@ -119,19 +86,3 @@ class GradientAccumulation(keras.optimizers.Optimizer):
         is_update = ops.equal((self._iterations + 1) % self.steps, 0)
         ops.cond(is_update, update, accumulate)
         self._iterations.assign_add(1)
-
-    def finalize_variable_values(self, var_list: list[keras.Variable]) -> None:
-        self.inner_optimizer.finalize_variable_values(var_list)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
-            "steps": self.steps,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> "GradientAccumulation":
-        config = dict(config)
-        optimizer = keras.saving.deserialize_keras_object(config.pop("optimizer"), custom_objects=custom_objects)
-        return cls(optimizer, **config)

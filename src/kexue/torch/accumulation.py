@@ -6,14 +6,14 @@ Reference: Su Jianlin, "用时间换取效果:Keras梯度累积优化器", 2019-
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from kexue._checks import positive_int
+from kexue.torch.wrapper import OptimizerWrapper
 
 
-class GradientAccumulation(torch.optim.Optimizer):
+class GradientAccumulation(OptimizerWrapper):
     """Make any torch optimizer update once every ``steps`` micro-batches, with their mean gradient.
 
     The training loop stays the plain one, called once per micro-batch::
@@ -42,21 +42,13 @@ class GradientAccumulation(torch.optim.Optimizer):
     ``torch.amp.GradScaler``, whose ``step``/``update`` must run once per update, write the loop by hand.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, steps: int):
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"`optimizer` must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if isinstance(optimizer, GradientAccumulation):
-            raise ValueError("`optimizer` already accumulates gradients; wrap the inner optimizer once")
-        self.steps = positive_int("steps", steps)
-        self.optimizer = optimizer
-        self.micro_step = 0  # micro-batches received since the last update
-        super().__init__(optimizer.param_groups, optimizer.defaults)
-        self._share_inner()
+    _state_keys = ("steps", "micro_step")
+    _repr_keys = ("steps",)
 
-    def _share_inner(self) -> None:
-        # The inner optimizer owns the hyper-parameters and the state; this wrapper only looks at them.
-        self.param_groups = self.optimizer.param_groups
-        self.state = self.optimizer.state
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: int):
+        self.steps = positive_int("steps", steps)
+        self.micro_step = 0  # micro-batches received since the last update
+        super().__init__(optimizer)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -81,27 +73,13 @@ class GradientAccumulation(torch.optim.Optimizer):
         if self.micro_step == 0:
             self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        # Called by the base constructor with the inner optimizer's own groups: nothing to add then.
-        if any(param_group is g for g in self.optimizer.param_groups):
-            return
-        self.optimizer.add_param_group(param_group)
+    def _wrapper_state(self) -> dict[str, int]:
+        return {"steps": self.steps, "micro_step": self.micro_step}
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        return {"optimizer": self.optimizer.state_dict(), "steps": self.steps, "micro_step": self.micro_step}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        missing = {"optimizer", "steps", "micro_step"} - set(state_dict)
-        if missing:
-            raise ValueError(f"`state_dict` is not a GradientAccumulation state: missing {sorted(missing)}")
-        if state_dict["steps"] != self.steps:
-            raise ValueError(f"`state_dict` was saved with steps={state_dict['steps']}, this wrapper has {self.steps}")
-        micro_step = positive_int("state_dict['micro_step']", state_dict["micro_step"], minimum=0)
+    def _load_wrapper_state(self, state: dict) -> None:
+        if state["steps"] != self.steps:
+            raise ValueError(f"`state_dict` was saved with steps={state['steps']}, this wrapper has {self.steps}")
+        micro_step = positive_int("state_dict['micro_step']", state["micro_step"], minimum=0)
         if micro_step >= self.steps:
             raise ValueError(f"`state_dict['micro_step']` must be below steps={self.steps}, got {micro_step}")
-        self.optimizer.load_state_dict(state_dict["optimizer"])
         self.micro_step = micro_step
-        self._share_inner()  # load_state_dict replaced the inner optimizer's param_groups list
-
-    def __repr__(self) -> str:
-        return f"GradientAccumulation(steps={self.steps}, optimizer={self.optimizer!r})"
