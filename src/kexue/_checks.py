@@ -23,3 +23,13 @@ def one_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def fraction(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float in (0, 1] (or [0, 1] with ``allow_zero``); raise naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number in {'[0' if allow_zero else '(0'}, 1], got {value!r}")
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value <= 1):
+        raise ValueError(f"`{name}` must be in {'[0' if allow_zero else '(0'}, 1], got {value}")
+    return float(value)

@@ -1,0 +1,139 @@
+"""kexue.keras.Lookahead and kexue.keras.LazyOptimizer: references, model.fit, saving, both backends.
+
+As in test_keras_accumulation.py, the last test re-runs this module under the other Keras backend.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras  # noqa: E402
+import torch  # noqa: E402
+
+from kexue.keras import LazyOptimizer, Lookahead  # noqa: E402
+from kexue.lookahead import lookahead_sgd_reference  # noqa: E402
+from kexue.torch import LazyAdam  # noqa: E402
+
+BACKEND = keras.backend.backend()
+RNG = np.random.default_rng(0)
+IDS = RNG.integers(0, 40, size=(64, 12)).astype("int32")  # token ids 40..199 never occur
+TARGET = RNG.standard_normal((64, 1)).astype("float32")
+VOCAB = 200
+
+
+def test_lookahead_matches_the_numpy_reference():
+    a, b = RNG.standard_normal((30, 5)), RNG.standard_normal(30)
+    w0 = RNG.standard_normal(5)
+    theta_ref, _ = lookahead_sgd_reference(w0, lambda w, t: a.T @ (a @ w - b) / len(b), 0.05, 23, 4, 0.3)
+    w = keras.Variable(w0.astype("float32"))
+    opt = Lookahead(keras.optimizers.SGD(0.05), sync_period=4, slow_step_size=0.3)
+    for _ in range(23):
+        g = a.T @ (a @ np.array(w, dtype=np.float64) - b) / len(b)
+        opt.apply([keras.ops.convert_to_tensor(g.astype("float32"))], [w])
+    assert np.abs(np.array(w) - theta_ref).max() < 1e-6
+
+
+def dense_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
+
+
+def test_lookahead_in_fit_save_and_resume(tmp_path):
+    x = RNG.standard_normal((96, 12)).astype("float32")
+    y = RNG.standard_normal((96, 1)).astype("float32")
+    model = dense_model()
+    model.compile(optimizer=Lookahead(keras.optimizers.Adam(1e-2), 5, 0.5), loss="mse")
+    model.fit(x[:56], y[:56], batch_size=8, shuffle=False, verbose=0)  # 7 inner steps: 2 past a sync
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(restored.optimizer, Lookahead) and restored.optimizer.sync_period == 5
+    for m in (model, restored):
+        m.fit(x[56:], y[56:], batch_size=8, shuffle=False, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), restored.get_weights()))
+
+    plain, trivial = dense_model(), dense_model()
+    plain.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    trivial.compile(optimizer=Lookahead(keras.optimizers.Adam(1e-2), 1, 1.0), loss="mse")
+    for m in (plain, trivial):
+        m.fit(x, y, batch_size=8, shuffle=False, verbose=0)
+    assert max(np.abs(a - b).max() for a, b in zip(plain.get_weights(), trivial.get_weights())) < 1e-6
+
+
+def embedding_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((12,), dtype="int32"), keras.layers.Embedding(VOCAB, 4),
+                             keras.layers.GlobalAveragePooling1D()])
+
+
+def fit_lazy(rule):
+    model = embedding_model()
+    before = model.layers[0].get_weights()[0].copy()
+    model.compile(optimizer=LazyOptimizer(keras.optimizers.Adam(1e-2, epsilon=1e-8), rule=rule),
+                  loss=lambda y, p: keras.ops.mean((keras.ops.sum(p, axis=-1, keepdims=True) - y) ** 2))
+    model.fit(IDS, TARGET, batch_size=4, shuffle=False, verbose=0)
+    return before, model
+
+
+@pytest.mark.parametrize("rule", ["essay", "sparse"])
+def test_lazy_rows_stay_put(rule):
+    before, model = fit_lazy(rule)
+    after = model.layers[0].get_weights()[0]
+    assert np.array_equal(after[40:], before[40:])
+    assert np.abs(after[:40] - before[:40]).max() > 1e-3
+    assert len(model.optimizer.slots_of(model.layers[0].embeddings)) == 2
+
+
+def test_lazy_sparse_rule_agrees_with_torch_lazy_adam():
+    """Same start, same gradients (0.5 |W_r - c_r|^2 summed over the rows of each batch of ids)."""
+    start = RNG.standard_normal((VOCAB, 4)).astype("float32")
+    centres = RNG.standard_normal((VOCAB, 4)).astype("float32")
+    variable = keras.Variable(start, name="embeddings")
+    keras_opt = LazyOptimizer(keras.optimizers.Adam(1e-2, epsilon=1e-8), rule="sparse")
+    weight = torch.nn.Parameter(torch.tensor(start))
+    torch_opt = LazyAdam([weight], lr=1e-2)
+    for batch in IDS[:30]:
+        rows = np.unique(batch)
+        for w, apply in ((np.array(variable), "keras"), (weight.detach().numpy(), "torch")):
+            grad = np.zeros_like(start)
+            grad[rows] = w[rows] - centres[rows]
+            if apply == "keras":
+                keras_opt.apply([keras.ops.convert_to_tensor(grad)], [variable])
+            else:
+                weight.grad = torch.from_numpy(grad)
+                torch_opt.step()
+    assert np.abs(np.array(variable) - weight.detach().numpy()).max() < 1e-5
+    assert np.array_equal(np.array(variable)[40:], start[40:])
+
+
+def test_rules_differ_only_in_the_slots():
+    _, essay = fit_lazy("essay")
+    _, sparse = fit_lazy("sparse")
+    slot = lambda m: np.array(m.optimizer.slots_of(m.layers[0].embeddings)[0])  # noqa: E731
+    assert not np.allclose(slot(essay), slot(sparse))
+
+
+def test_bad_arguments_and_config():
+    with pytest.raises(TypeError, match="lazy_variables"):
+        LazyOptimizer(keras.optimizers.Adam(), lazy_variables="embeddings")
+    with pytest.raises(ValueError, match="lazy_variables"):
+        LazyOptimizer(keras.optimizers.Adam(), lazy_variables=[])
+    with pytest.raises(ValueError, match="`rule` must be one of 'essay', 'sparse'"):
+        LazyOptimizer(keras.optimizers.Adam(), rule="lazy")
+    with pytest.raises(ValueError, match="slow_step_size"):
+        Lookahead(keras.optimizers.Adam(), slow_step_size=2)
+    clone = LazyOptimizer.from_config(LazyOptimizer(keras.optimizers.Adam(), ["w"], "sparse").get_config())
+    assert clone.lazy_variables == ["w"] and clone.rule == "sparse"
+
+
+@pytest.mark.skipif(os.environ.get("KEXUE_OTHER_BACKEND_RUN") == "1", reason="already the re-run")
+def test_the_other_backend():
+    other = "torch" if BACKEND == "tensorflow" else "tensorflow"
+    env = dict(os.environ, KERAS_BACKEND=other, KEXUE_OTHER_BACKEND_RUN="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
