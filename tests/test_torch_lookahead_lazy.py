@@ -67,7 +67,7 @@ def test_checkpoint_between_synchronisations_resumes_exactly():
     assert clone_opt.inner_steps == 20
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)`")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)`")
 def test_lookahead_schedulers_and_bad_arguments():
     model, x, y = model_and_data()
     opt = Lookahead(torch.optim.SGD(model.parameters(), lr=1.0))

@@ -1,0 +1,156 @@
+"""Chapter 02 benchmark: lazy Adam and Lookahead against what a user would pick instead.
+
+1. kexue.torch.LazyAdam on sparse gradients of a 1,000,000 x 64 embedding, batches of 1,024 Zipf(1.1) ids,
+   against dense torch.optim.Adam (aim: at least 10x faster per step) and torch.optim.SparseAdam (aim:
+   within 1.5x);
+2. kexue.torch.Lookahead's step-time overhead over its inner optimizer (aim: at most 1.15x), on the MLP
+   of chapter 1's benchmark, and kexue.keras.Lookahead's over the bare Keras optimizer in model.fit.
+
+Contenders alternate, repeated; the ratio of the medians is reported. Run from the repository root:
+``python benchmarks/lookahead_lazy.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def embedding_times(vocab: int, repeats: int) -> dict:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from kexue.torch import LazyAdam
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ids = torch.from_numpy((np.random.default_rng(0).zipf(1.1, size=(64, 1024)) - 1) % vocab).to(device)
+    setups = {}
+    for name, sparse, make in (
+        ("dense Adam", False, lambda p: torch.optim.Adam(p, lr=1e-3)),
+        ("SparseAdam", True, lambda p: torch.optim.SparseAdam(p, lr=1e-3)),
+        ("kexue LazyAdam", True, lambda p: LazyAdam(p, lr=1e-3)),
+    ):
+        torch.manual_seed(0)
+        emb = nn.Embedding(vocab, 64, sparse=sparse).to(device)
+        setups[name] = (emb, make(emb.parameters()))
+    times = {name: [] for name in setups}
+    for r in range(repeats + 2):
+        for name, (emb, opt) in setups.items():
+            batch = ids[r % len(ids)]
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            emb(batch).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if r >= 2:  # the first two steps allocate the optimizer state
+                times[name].append(time.perf_counter() - start)
+    return {"device": device, **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def torch_lookahead_times(repeats: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from kexue.torch import Lookahead
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, y = torch.randn(4096, 256, device=device), torch.randint(0, 10, (4096,), device=device)
+    setups = {}
+    for name, wrap in (("Adam", False), ("Lookahead(Adam)", True)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)).to(device)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        setups[name] = (model, Lookahead(opt) if wrap else opt)
+    times = {name: [] for name in setups}
+    for r in range(repeats + 1):
+        for name, (model, opt) in setups.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for k in range(0, len(x), 32):
+                F.cross_entropy(model(x[k:k + 32]), y[k:k + 32]).backward()
+                opt.step()
+                opt.zero_grad()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if r:
+                times[name].append((time.perf_counter() - start) / (len(x) // 32))
+    return {"device": device, **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def keras_lookahead_times(repeats: int) -> dict:
+    import keras
+    import numpy as np
+
+    from kexue.keras import Lookahead
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4096, 256)).astype("float32"), rng.integers(0, 10, 4096)
+
+    def model(optimizer):
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512, activation="relu"),
+                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(10)])
+        m.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return m
+
+    contenders = {"Adam": model(keras.optimizers.Adam(1e-3)), "Lookahead(Adam)": model(Lookahead(keras.optimizers.Adam(1e-3)))}
+    for m in contenders.values():
+        m.fit(x[:256], y[:256], batch_size=32, verbose=0)
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, m in contenders.items():
+            start = time.perf_counter()
+            m.fit(x, y, batch_size=32, shuffle=False, verbose=0)
+            times[name].append((time.perf_counter() - start) / (len(x) // 32))
+    return {"backend": keras.backend.backend(), **{k: statistics.median(v) for k, v in times.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--vocab", type=int, default=1_000_000)
+    parser.add_argument("--child", choices=["keras"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "keras":
+        print(json.dumps(keras_lookahead_times(max(3, args.repeats // 3))))
+        return
+
+    import torch
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
+          f"torch {torch.__version__}\n")
+    r = embedding_times(args.vocab, args.repeats)
+    print(f"Embedding {args.vocab:,} x 64, batches of 1,024 Zipf(1.1) ids, {r['device']}, ms per step:\n")
+    print("| optimizer | ms / step | kexue LazyAdam is faster by |")
+    print("|---|---|---|")
+    for name in ("dense Adam", "SparseAdam", "kexue LazyAdam"):
+        print(f"| {name} | {1e3 * r[name]:.2f} | {r[name] / r['kexue LazyAdam']:.2f}x |")
+    print("\n| Lookahead overhead | inner alone (ms / step) | with Lookahead (ms / step) | ratio |")
+    print("|---|---|---|---|")
+    r = torch_lookahead_times(max(3, args.repeats // 3))
+    print(f"| torch ({r['device']}), MLP 256-512-512-10, batch 32 | {1e3 * r['Adam']:.3f} | "
+          f"{1e3 * r['Lookahead(Adam)']:.3f} | {r['Lookahead(Adam)'] / r['Adam']:.3f} |")
+    for backend in ("tensorflow", "torch"):
+        out = subprocess.run([sys.executable, __file__, "--child", "keras", "--repeats", str(args.repeats)],
+                             capture_output=True, text=True, check=True, env={**os.environ, "KERAS_BACKEND": backend})
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| Keras ({r['backend']} backend), same MLP in model.fit | {1e3 * r['Adam']:.3f} | "
+              f"{1e3 * r['Lookahead(Adam)']:.3f} | {r['Lookahead(Adam)'] / r['Adam']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
