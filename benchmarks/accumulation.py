@@ -24,6 +24,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from common import keras_mlp_workload  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 
 def convnet(width: int = 32):
     import torch
@@ -39,25 +41,12 @@ def convnet(width: int = 32):
 def keras_times(repeats: int) -> dict:
     """Seconds per micro-batch in model.fit: our wrapper and Keras's built-in, alternated."""
     import keras
-    import numpy as np
 
     from kexue.keras import GradientAccumulation
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4096, 256)).astype("float32")
-    y = rng.integers(0, 10, 4096)
-
-    def model(optimizer):
-        keras.utils.set_random_seed(0)
-        m = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512, activation="relu"),
-                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(10)])
-        m.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return m
-
-    contenders = {
-        "kexue": model(GradientAccumulation(keras.optimizers.Adam(1e-3), steps=4)),
-        "keras": model(keras.optimizers.Adam(1e-3, gradient_accumulation_steps=4)),
-    }
+    ours, x, y = keras_mlp_workload(GradientAccumulation(keras.optimizers.Adam(1e-3), steps=4))
+    builtin, _, _ = keras_mlp_workload(keras.optimizers.Adam(1e-3, gradient_accumulation_steps=4))
+    contenders = {"kexue": ours, "keras": builtin}
     for m in contenders.values():  # compile / trace once
         m.fit(x[:256], y[:256], batch_size=32, verbose=0)
     times = {name: [] for name in contenders}

@@ -23,6 +23,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from common import keras_mlp_workload  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 
 def embedding_times(vocab: int, repeats: int) -> dict:
     import numpy as np
@@ -93,21 +95,12 @@ def torch_lookahead_times(repeats: int) -> dict:
 
 def keras_lookahead_times(repeats: int) -> dict:
     import keras
-    import numpy as np
 
     from kexue.keras import Lookahead
 
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((4096, 256)).astype("float32"), rng.integers(0, 10, 4096)
-
-    def model(optimizer):
-        keras.utils.set_random_seed(0)
-        m = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512, activation="relu"),
-                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(10)])
-        m.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        return m
-
-    contenders = {"Adam": model(keras.optimizers.Adam(1e-3)), "Lookahead(Adam)": model(Lookahead(keras.optimizers.Adam(1e-3)))}
+    plain, x, y = keras_mlp_workload(keras.optimizers.Adam(1e-3))
+    wrapped, _, _ = keras_mlp_workload(Lookahead(keras.optimizers.Adam(1e-3)))
+    contenders = {"Adam": plain, "Lookahead(Adam)": wrapped}
     for m in contenders.values():
         m.fit(x[:256], y[:256], batch_size=32, verbose=0)
     times = {name: [] for name in contenders}

@@ -5,8 +5,6 @@ the whole module again in a fresh process under the other backend, since a proce
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 from kexue.keras import GradientAccumulation  # noqa: E402
+from tests.keras_backends import only_once, rerun_under_other_backend  # noqa: E402
 
 BACKEND = keras.backend.backend()
 RNG = np.random.default_rng(0)
@@ -110,13 +109,6 @@ def test_bad_arguments():
         GradientAccumulation(keras.optimizers.Adam(), 2, clipnorm=1.0)
 
 
-@pytest.mark.skipif(os.environ.get("KEXUE_OTHER_BACKEND_RUN") == "1", reason="already the re-run")
+@only_once
 def test_the_other_backend():
-    other = "torch" if BACKEND == "tensorflow" else "tensorflow"
-    env = dict(os.environ, KERAS_BACKEND=other, KEXUE_OTHER_BACKEND_RUN="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+    rerun_under_other_backend(__file__, BACKEND)

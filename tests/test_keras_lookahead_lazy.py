@@ -4,8 +4,6 @@ As in test_keras_accumulation.py, the last test re-runs this module under the ot
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ import keras  # noqa: E402
 import torch  # noqa: E402
 
 from kexue.keras import LazyOptimizer, Lookahead  # noqa: E402
+from tests.keras_backends import only_once, rerun_under_other_backend  # noqa: E402
 from kexue.lookahead import lookahead_sgd_reference  # noqa: E402
 from kexue.torch import LazyAdam  # noqa: E402
 
@@ -129,11 +128,6 @@ def test_bad_arguments_and_config():
     assert clone.lazy_variables == ["w"] and clone.rule == "sparse"
 
 
-@pytest.mark.skipif(os.environ.get("KEXUE_OTHER_BACKEND_RUN") == "1", reason="already the re-run")
+@only_once
 def test_the_other_backend():
-    other = "torch" if BACKEND == "tensorflow" else "tensorflow"
-    env = dict(os.environ, KERAS_BACKEND=other, KEXUE_OTHER_BACKEND_RUN="1")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "failed" not in result.stdout
+    rerun_under_other_backend(__file__, BACKEND)
