@@ -1,8 +1,15 @@
 """PyTorch implementations. Importing this module imports torch."""
 
 from kexue.torch.accumulation import GradientAccumulation
+from kexue.torch.categorical_vae import CategoricalVAE, train_categorical_vae
+from kexue.torch.estimators import normal_rsample, score_function_surrogate
+from kexue.torch.gumbel import gumbel_from_uniform, gumbel_max, gumbel_softmax, probs_to_logits, sample_gumbel
 from kexue.torch.lazy_adam import LazyAdam
 from kexue.torch.lookahead import Lookahead
 from kexue.torch.memory import activation_bytes, state_bytes
 
-__all__ = ["GradientAccumulation", "LazyAdam", "Lookahead", "activation_bytes", "state_bytes"]
+__all__ = [
+    "CategoricalVAE", "GradientAccumulation", "LazyAdam", "Lookahead", "activation_bytes", "gumbel_from_uniform",
+    "gumbel_max", "gumbel_softmax", "normal_rsample", "probs_to_logits", "sample_gumbel", "score_function_surrogate",
+    "state_bytes", "train_categorical_vae",
+]
