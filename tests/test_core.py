@@ -88,3 +88,14 @@ def test_plot_style_applies_the_palette():
     assert mpl.rcParams["axes.prop_cycle"].by_key()["color"][0] == plot.PALETTE[0]
     plot.use_style(**{"figure.dpi": 77})
     assert mpl.rcParams["figure.dpi"] == 77
+
+
+def test_image_grid_tiles_with_padding():
+    import numpy as np
+
+    tiles = np.arange(6 * 2 * 3, dtype=float).reshape(6, 2, 3)
+    grid = plot.image_grid(tiles, 2, 3, pad=1, fill=-1)
+    assert grid.shape == (2 * 2 + 1, 3 * 3 + 2)
+    assert np.array_equal(grid[3:5, 4:7], tiles[4]) and (grid[2] == -1).all()
+    with pytest.raises(ValueError, match="images"):
+        plot.image_grid(tiles, 2, 2)

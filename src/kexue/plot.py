@@ -28,3 +28,18 @@ def use_style(**overrides: Any) -> None:
     }
     style.update(overrides)
     mpl.rcParams.update(style)
+
+
+def image_grid(images: "np.ndarray", rows: int, cols: int, pad: int = 1, fill: float = 0.0) -> "np.ndarray":
+    """Tile ``rows * cols`` grey images of shape (h, w) into one array, ``pad`` pixels of ``fill`` between them."""
+    import numpy as np
+
+    images = np.asarray(images, dtype=float)
+    if images.ndim != 3 or len(images) != rows * cols:
+        raise ValueError(f"`images` must have shape ({rows * cols}, height, width), got {images.shape}")
+    h, w = images.shape[1:]
+    grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), fill)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = image
+    return grid
