@@ -48,3 +48,19 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="`tol`"):
         top_hessian_eigenvalue(loss, [x], tol=0)
     assert np.isfinite(top_hessian_eigenvalue(loss, [x], iters=3))
+
+
+def test_noisy_batchnorm_adds_noise_only_in_training():
+    from kexue.torch import NoisyBatchNorm1d
+
+    layer = NoisyBatchNorm1d(4, noise_std=0.5)
+    x = torch.randn(64, 4)
+    torch.manual_seed(0)
+    a = layer(x)
+    torch.manual_seed(1)
+    b = layer(x)
+    assert not torch.allclose(a, b)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+    with pytest.raises(ValueError, match="noise_std"):
+        NoisyBatchNorm1d(4, noise_std=-1.0)

@@ -7,9 +7,10 @@ from kexue.torch.gumbel import gumbel_from_uniform, gumbel_max, gumbel_softmax, 
 from kexue.torch.lazy_adam import LazyAdam
 from kexue.torch.lookahead import Lookahead
 from kexue.torch.memory import activation_bytes, state_bytes
+from kexue.torch.normalization import NoisyBatchNorm1d
 
 __all__ = [
-    "CategoricalVAE", "GradientAccumulation", "LazyAdam", "Lookahead", "activation_bytes", "gumbel_from_uniform",
+    "CategoricalVAE", "GradientAccumulation", "LazyAdam", "Lookahead", "NoisyBatchNorm1d", "activation_bytes", "gumbel_from_uniform",
     "gumbel_max", "gumbel_softmax", "normal_rsample", "probs_to_logits", "sample_gumbel", "score_function_surrogate",
     "state_bytes", "train_categorical_vae",
 ]
