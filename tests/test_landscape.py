@@ -64,3 +64,25 @@ def test_noisy_batchnorm_adds_noise_only_in_training():
     assert torch.equal(layer(x), layer(x))
     with pytest.raises(ValueError, match="noise_std"):
         NoisyBatchNorm1d(4, noise_std=-1.0)
+
+
+@pytest.mark.parametrize("variant", ["none", "BN", "BN before linear", "noisy BN", "LayerNorm", "none, careful init"])
+def test_network_variants_build_and_run(variant):
+    from kexue.torch import mlp_with_norm, vgg_with_norm
+
+    mlp = mlp_with_norm(variant, 64)
+    assert mlp(torch.randn(8, 64)).shape == (8, 10)
+    cnn = vgg_with_norm(variant, channels=(8, 16))
+    assert cnn(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    kinds = [type(m).__name__ for m in mlp]
+    if variant == "BN before linear":
+        assert kinds[:3] == ["BatchNorm1d", "Linear", "ReLU"]
+    if variant == "BN":
+        assert kinds[:3] == ["Linear", "BatchNorm1d", "ReLU"]
+
+
+def test_unknown_variant():
+    from kexue.torch import mlp_with_norm
+
+    with pytest.raises(ValueError, match="`variant` must be one of"):
+        mlp_with_norm("GroupNorm", 64)

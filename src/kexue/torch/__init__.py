@@ -7,10 +7,12 @@ from kexue.torch.gumbel import gumbel_from_uniform, gumbel_max, gumbel_softmax, 
 from kexue.torch.lazy_adam import LazyAdam
 from kexue.torch.lookahead import Lookahead
 from kexue.torch.memory import activation_bytes, state_bytes
-from kexue.torch.normalization import NoisyBatchNorm1d
+from kexue.torch.normalization import (NORM_VARIANTS, NoisyBatchNorm1d, NoisyBatchNorm2d, mlp_with_norm,
+                                      vgg_with_norm)
 
 __all__ = [
-    "CategoricalVAE", "GradientAccumulation", "LazyAdam", "Lookahead", "NoisyBatchNorm1d", "activation_bytes", "gumbel_from_uniform",
+    "CategoricalVAE", "GradientAccumulation", "LazyAdam", "Lookahead", "NORM_VARIANTS", "NoisyBatchNorm1d",
+    "NoisyBatchNorm2d", "mlp_with_norm", "vgg_with_norm", "activation_bytes", "gumbel_from_uniform",
     "gumbel_max", "gumbel_softmax", "normal_rsample", "probs_to_logits", "sample_gumbel", "score_function_surrogate",
     "state_bytes", "train_categorical_vae",
 ]
