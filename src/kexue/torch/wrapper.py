@@ -54,7 +54,7 @@ class OptimizerWrapper(torch.optim.Optimizer):
         missing = {"optimizer", *self._state_keys} - set(state_dict)
         if missing:
             raise ValueError(f"`state_dict` is not a {type(self).__name__} state: missing {sorted(missing)}")
-        self._load_wrapper_state(state_dict)  # validates before anything is changed
+        self._load_wrapper_state(state_dict)  # checks and restores the wrapper's own state, then the inner one
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._share_inner()  # load_state_dict replaced the inner optimizer's param_groups list
 
