@@ -19,12 +19,11 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from common import keras_mlp_workload  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import keras_mlp_workload, peak_rss_growth  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def convnet(width: int = 32):
@@ -103,18 +102,6 @@ def torch_times(repeats: int) -> dict:
     return {"device": device, **{k: statistics.median(v) for k, v in times.items()}}
 
 
-def rss() -> int:
-    """Resident set size of this process in bytes (Linux)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def sample_rss(samples: list[int], done: threading.Event) -> None:
-    while not done.is_set():
-        samples.append(rss())
-        time.sleep(2e-4)
-
-
 def memory_of_one_update(n: int, batch: int) -> dict:
     """Run in a fresh process: memory of the first update of `batch` examples as `n` micro-batches."""
     import torch
@@ -130,22 +117,14 @@ def memory_of_one_update(n: int, batch: int) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:  # the CPU allocator has no peak counter: sample the resident set size while the update runs
-        base, samples, done = rss(), [], threading.Event()
-        sampler = threading.Thread(target=sample_rss, args=(samples, done))
-        sampler.start()
     m, saved = batch // n, 0
-    for k in range(n):
-        out, saved = activation_bytes(lambda: model(x[k * m:(k + 1) * m]), exclude=[*model.parameters(), x])
-        F.mse_loss(out, y[k * m:(k + 1) * m]).backward()
-        opt.step()
-        opt.zero_grad()
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        done.set()
-        sampler.join()
-        peak = max(samples + [rss()]) - base
+    with peak_rss_growth() as cpu:  # on CUDA, the allocator's own peak counter is used instead
+        for k in range(n):
+            out, saved = activation_bytes(lambda: model(x[k * m:(k + 1) * m]), exclude=[*model.parameters(), x])
+            F.mse_loss(out, y[k * m:(k + 1) * m]).backward()
+            opt.step()
+            opt.zero_grad()
+    peak = torch.cuda.max_memory_allocated() - base if device == "cuda" else cpu["peak"]
     return {"n": n, "activations": saved, "peak": peak, "device": device}
 
 
