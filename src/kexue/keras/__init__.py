@@ -1,7 +1,12 @@
 """Keras 3 implementations (tensorflow and torch backends). Importing this module imports keras."""
 
 from kexue.keras.accumulation import GradientAccumulation
+from kexue.keras.attention import SelfAttention
+from kexue.keras.capture import capture
+from kexue.keras.ema import ExponentialMovingAverage
 from kexue.keras.lazy import LazyOptimizer
 from kexue.keras.lookahead import Lookahead
+from kexue.keras.seeded_dataset import SeededPyDataset, batches_seen_by_fit
 
-__all__ = ["GradientAccumulation", "LazyOptimizer", "Lookahead"]
+__all__ = ["ExponentialMovingAverage", "GradientAccumulation", "LazyOptimizer", "Lookahead", "SeededPyDataset",
+           "SelfAttention", "batches_seen_by_fit", "capture"]

@@ -1,0 +1,99 @@
+"""A ``keras.utils.PyDataset`` whose shuffling and augmentation are keyed by (seed, epoch, index) (chapter 03).
+
+Every batch is a pure function of (seed, epoch, batch index), so it is the same whether Keras reads the
+dataset in the main thread, with threads or with processes (``workers``, ``use_multiprocessing``), and in
+whatever order the workers finish. Keras calls ``on_epoch_end`` in the main process and hands the updated
+dataset to fresh workers at the start of every epoch; that is how the epoch reaches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+from kexue._checks import positive_int
+from kexue.seeded import epoch_order, sample_rng
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+class SeededPyDataset(keras.utils.PyDataset):
+    """Batches of (x, y) in an order drawn from (seed, epoch), each sample augmented with ``sample_rng``.
+
+    Args:
+        x, y: arrays with the same first dimension.
+        batch_size: examples per batch; the last batch may be smaller.
+        augment: ``augment(sample, rng) -> sample`` or ``None``; it must use only ``rng`` for randomness.
+        seed: the key of all randomness.
+        shuffle: draw a new order every epoch (from (seed, epoch)); otherwise keep the given order.
+        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of ``PyDataset``.
+
+    Pass it to ``fit(..., shuffle=False)``: Keras's own ``shuffle`` reorders batches with Python's global
+    ``random`` module, which is exactly the kind of randomness this class exists to avoid.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, augment: Augment | None = None,
+                 seed: int = 0, shuffle: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        if len(x) != len(y):
+            raise ValueError(f"`x` and `y` must have the same length, got {len(x)} and {len(y)}")
+        if len(x) == 0:
+            raise ValueError("the dataset is empty")
+        if augment is not None and not callable(augment):
+            raise TypeError(f"`augment` must be callable or None, got {type(augment).__name__}")
+        self.x, self.y = x, y
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.augment, self.seed, self.shuffle = augment, positive_int("seed", seed, minimum=0), bool(shuffle)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        order = epoch_order(len(self.x), self.seed, self.epoch) if self.shuffle else np.arange(len(self.x))
+        rows = order[index * self.batch_size:(index + 1) * self.batch_size]
+        x = self.x[rows]
+        if self.augment is not None:
+            x = np.stack([self.augment(self.x[i], sample_rng(self.seed, self.epoch, int(i))) for i in rows])
+        return x, self.y[rows]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+class _Recorder(keras.Model):
+    """A model that trains nothing and keeps every batch ``fit`` hands to ``train_step``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
+        self.built = True  # no weights: nothing for fit to build from a peeked batch
+
+    def call(self, x: Any) -> Any:
+        return x
+
+    def train_step(self, data: Any) -> dict:
+        x, y = data[0], data[1]
+        self.batches.append((keras.ops.convert_to_numpy(x), keras.ops.convert_to_numpy(y)))
+        return {"examples": keras.ops.cast(keras.ops.shape(x)[0], "float32")}
+
+
+def batches_seen_by_fit(dataset: keras.utils.PyDataset, epochs: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Run ``fit(dataset, epochs, shuffle=False)`` on a recording model; return each epoch's batches in order.
+
+    This is what a model would be trained on, read through Keras's own data pipeline (its workers, threads
+    or processes, and queue), so it tests a dataset exactly as ``fit`` uses it. The recording model is built
+    and has no loss, so ``fit`` does not first peek at a batch to build them; see chapter 03 for what that
+    peek does on the torch backend.
+    """
+    epochs = positive_int("epochs", epochs)
+    model = _Recorder()
+    model.compile(run_eagerly=True)  # train_step in Python, so it can keep the batches
+    model.fit(dataset, epochs=epochs, verbose=0, shuffle=False)
+    per_epoch = len(model.batches) // epochs
+    return [model.batches[e * per_epoch:(e + 1) * per_epoch] for e in range(epochs)]
