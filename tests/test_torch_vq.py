@@ -174,9 +174,22 @@ def test_prior_learns_a_deterministic_pattern_and_samples_it():
     prior = PixelCNNPrior(num_codes=4, height=2, width=3, hidden=16, layers=2, first_kernel=5)
     curve = train_prior(prior, codes, codes[:8], epochs=60, lr=3e-3)
     assert curve[-1][1] < 0.2 * curve[0][1] and curve[-1][1] < 1.0  # near log 2 nats: which of the two grids
+    assert prior.nll(codes[:8]).mean().item() == pytest.approx(min(val for _, val in curve), rel=1e-5)  # best kept
     samples = prior.sample(20, generator=torch.Generator().manual_seed(0))
     ok = [(torch.equal(s, pattern) or torch.equal(s, (pattern + 1) % 4)) for s in samples]
     assert sum(ok) >= 18
+
+
+def test_prior_early_stopping_keeps_the_best_validation_epoch():
+    torch.manual_seed(0)
+    codes = torch.randint(0, 6, (40, 2, 2))  # noise: the prior can only overfit
+    prior = PixelCNNPrior(num_codes=6, height=2, width=2, hidden=32, layers=2, first_kernel=3)
+    curve = train_prior(prior, codes[:30], codes[30:], epochs=25, lr=1e-2)
+    best = min(range(25), key=lambda e: curve[e][1])
+    assert best < 24 and curve[-1][1] > curve[best][1]  # it did overfit...
+    assert prior.nll(codes[30:]).mean().item() == pytest.approx(curve[best][1], rel=1e-5)  # ...and the best is kept
+    with pytest.raises(ValueError):
+        train_prior(prior, codes, torch.zeros(3, 3, 3, dtype=torch.long), epochs=1)
 
 
 def test_vqvae_trains_and_checks_image_shapes():
