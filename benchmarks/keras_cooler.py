@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -86,7 +87,7 @@ def data_throughput(repeats: int) -> dict:
         for b in range(len(ds)):
             ds[b]
 
-    def fit_on(data) -> callable:
+    def fit_on(data) -> Callable[[], None]:
         def run() -> None:
             model = NoOp()
             model.compile()

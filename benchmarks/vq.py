@@ -89,7 +89,7 @@ def main() -> None:
                 if device == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-                out = fn(z, e, chunk)
+                fn(z, e, chunk)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
@@ -98,7 +98,6 @@ def main() -> None:
         ours_mib = memory("nearest_code", chunk)
         print(f"| {chunk} | {ours_ms:.1f} | {cdist_ms:.1f} | {ours_ms / cdist_ms:.2f} | {ours_mib:.1f} | "
               f"{cdist_mib:.1f} | {ours_mib / cdist_mib:.2f} | {chunk * args.codes * 4 / 2**20:.0f} | {agree:.5f}, {cdist_agree:.5f} |")
-    del out
 
 
 if __name__ == "__main__":

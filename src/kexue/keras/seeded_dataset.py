@@ -48,6 +48,7 @@ class SeededPyDataset(keras.utils.PyDataset):
         self.batch_size = positive_int("batch_size", batch_size)
         self.augment, self.seed, self.shuffle = augment, positive_int("seed", seed, minimum=0), bool(shuffle)
         self.epoch = 0
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation), so it is drawn once an epoch
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -55,12 +56,21 @@ class SeededPyDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range for {len(self)} batches")
-        order = epoch_order(len(self.x), self.seed, self.epoch) if self.shuffle else np.arange(len(self.x))
-        rows = order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
         x = self.x[rows]
         if self.augment is not None:
             x = np.stack([self.augment(self.x[i], sample_rng(self.seed, self.epoch, int(i))) for i in rows])
         return x, self.y[rows]
+
+    def order(self) -> np.ndarray:
+        """This epoch's order of the samples: ``epoch_order(n, seed, epoch)``, or the given order without shuffling."""
+        if not self.shuffle:
+            return np.arange(len(self.x))
+        cached = self._order  # one read: another thread may replace it, never half-way
+        if cached is None or cached[0] != self.epoch:
+            cached = (self.epoch, epoch_order(len(self.x), self.seed, self.epoch))
+            self._order = cached
+        return cached[1]
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kexue._checks import one_of, positive_int
+from kexue.torch.batches import shuffled_batches
 from kexue.torch.estimators import score_function_surrogate
 from kexue.torch.gumbel import gumbel_max, gumbel_softmax
 
@@ -86,9 +87,7 @@ def train_categorical_vae(model: CategoricalVAE, x_train: torch.Tensor, x_test: 
     order = torch.Generator().manual_seed(seed)
     baseline, curve = None, []
     for _ in range(epochs):
-        perm = torch.randperm(len(x_train), generator=order).to(x_train.device)
-        for start in range(0, len(perm), batch_size):
-            batch = x_train[perm[start:start + batch_size]]
+        for batch in shuffled_batches(x_train, batch_size, order):
             loss, recon = model.surrogate_loss(batch, estimator, tau, 0.0 if baseline is None else baseline)
             opt.zero_grad()
             loss.backward()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from kexue._checks import positive_int
-from kexue.torch.vq import Quantized, channels_first, channels_last, codebook_perplexity
+from kexue.torch.vq import Quantized, _perplexity, channels_first, channels_last
 
 
 class FiniteScalarQuantizer(nn.Module):
@@ -71,5 +71,5 @@ class FiniteScalarQuantizer(nn.Module):
             quantized=channels_first(self.to_unit(steps), z),
             indices=indices.reshape(z.shape[0], *z.shape[2:]),
             loss=zero, codebook_loss=zero, commitment_loss=zero,
-            perplexity=codebook_perplexity(indices, self.num_codes),
+            perplexity=_perplexity(indices, self.num_codes),
         )

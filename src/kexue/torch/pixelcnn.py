@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kexue._checks import one_of, positive_int
+from kexue.torch.batches import shuffled_batches
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -109,10 +110,8 @@ def train_prior(prior: PixelCNNPrior, codes_train: torch.Tensor, codes_val: torc
     best_state, best_val = None, math.inf
     for _ in range(epochs):
         prior.train()
-        perm = torch.randperm(len(codes_train), generator=order).to(codes_train.device)
         total = 0.0
-        for start in range(0, len(perm), batch_size):
-            batch = codes_train[perm[start:start + batch_size]]
+        for batch in shuffled_batches(codes_train, batch_size, order):
             loss = prior.nll(batch).mean()
             opt.zero_grad()
             loss.backward()

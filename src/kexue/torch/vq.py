@@ -82,6 +82,11 @@ def codebook_perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
         raise ValueError("`indices` is empty")
     if indices.min() < 0 or indices.max() >= num_codes:
         raise ValueError(f"`indices` must lie in [0, {num_codes}), got [{indices.min()}, {indices.max()}]")
+    return _perplexity(indices, num_codes)
+
+
+def _perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """:func:`codebook_perplexity` without the checks, for indices a quantiser has just produced."""
     p = torch.bincount(indices.flatten(), minlength=num_codes).double() / indices.numel()
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return entropy.exp()
@@ -180,7 +185,7 @@ class VectorQuantizer(nn.Module):
             loss=codebook_loss + self.beta * commitment,
             codebook_loss=codebook_loss,
             commitment_loss=commitment,
-            perplexity=codebook_perplexity(indices, self.num_codes),
+            perplexity=_perplexity(indices, self.num_codes),
         )
 
     @torch.no_grad()

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kexue._checks import positive_int
-from kexue.torch.vq import Quantized, codebook_perplexity
+from kexue.torch.batches import shuffled_batches
+from kexue.torch.vq import Quantized
 
 
 class VQVAE(nn.Module):
@@ -69,17 +70,14 @@ def train_vqvae(model: VQVAE, x_train: torch.Tensor, x_test: torch.Tensor, epoch
     (of the test set's code indices, in eval mode), ``restarts`` (cumulative, if the quantiser counts them).
     """
     positive_int("epochs", epochs)
-    positive_int("batch_size", batch_size)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     order = torch.Generator().manual_seed(seed)
     history: dict[str, list[float]] = {k: [] for k in ("train_mse", "test_mse", "perplexity", "used_codes",
                                                        "restarts")}
     for _ in range(epochs):
         model.train()
-        perm = torch.randperm(len(x_train), generator=order).to(x_train.device)
         total, batches = 0.0, 0
-        for start in range(0, len(perm), batch_size):
-            batch = x_train[perm[start:start + batch_size]]
+        for batch in shuffled_batches(x_train, batch_size, order):
             recon, q = model(batch)
             mse = F.mse_loss(recon, batch)
             opt.zero_grad()
@@ -91,7 +89,7 @@ def train_vqvae(model: VQVAE, x_train: torch.Tensor, x_test: torch.Tensor, epoch
             recon, q = model(x_test)
         history["train_mse"].append(total / batches)
         history["test_mse"].append(F.mse_loss(recon, x_test).item())
-        history["perplexity"].append(codebook_perplexity(q.indices, model.quantizer.num_codes).item())
+        history["perplexity"].append(q.perplexity.item())
         history["used_codes"].append(float(q.indices.unique().numel()))
         history["restarts"].append(float(getattr(model.quantizer, "restarts", 0)))
     return history
