@@ -7,8 +7,8 @@ specific parts live in :mod:`kexue.torch` and :mod:`kexue.keras`.
 from kexue.device import device
 from kexue.progress_bar import progress
 from kexue.random import seed_everything
-from kexue.scale import Scale, pick, scale
+from kexue.scale import Scale, pick, rehearsal, scale
 
 __version__ = "0.1.0"
 
-__all__ = ["Scale", "__version__", "device", "pick", "progress", "scale", "seed_everything"]
+__all__ = ["Scale", "__version__", "device", "pick", "progress", "rehearsal", "scale", "seed_everything"]
