@@ -99,3 +99,27 @@ def test_image_grid_tiles_with_padding():
     assert np.array_equal(grid[3:5, 4:7], tiles[4]) and (grid[2] == -1).all()
     with pytest.raises(ValueError, match="images"):
         plot.image_grid(tiles, 2, 2)
+
+
+def test_rehearsal_implies_full_scale_and_cuts_only_training_loops(monkeypatch):
+    monkeypatch.delenv("KEXUE_SCALE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("KEXUE_REHEARSAL", "1")
+    assert kexue.rehearsal() and kexue.scale() == "full"
+    assert kexue.pick(quick=300, full=3_000, rehearsal=2) == 2  # a training loop
+    assert kexue.pick(quick=2_000, full=60_000) == 60_000  # a dataset-wide pass keeps its full size
+    monkeypatch.setenv("KEXUE_REHEARSAL", "0")
+    assert not kexue.rehearsal() and kexue.scale() == "quick"
+    assert kexue.pick(quick=300, full=3_000, rehearsal=2) == 300
+    monkeypatch.setenv("KEXUE_SCALE", "full")
+    assert kexue.pick(quick=300, full=3_000, rehearsal=2) == 3_000
+
+
+def test_rehearsal_refuses_quick_scale_and_bad_values(monkeypatch):
+    monkeypatch.setenv("KEXUE_REHEARSAL", "1")
+    monkeypatch.setenv("KEXUE_SCALE", "quick")
+    with pytest.raises(ValueError, match="rehearses full scale"):
+        kexue.scale()
+    monkeypatch.setenv("KEXUE_REHEARSAL", "maybe")
+    with pytest.raises(ValueError, match="KEXUE_REHEARSAL.*'maybe'"):
+        kexue.rehearsal()

@@ -11,6 +11,7 @@ import pytest
 from kexue import data
 from kexue.data import cifar10_loader as cifar_module
 from kexue.data import mnist_loader as mnist_module
+from kexue.data import standins as standin_module
 from kexue.data.common import md5
 
 
@@ -144,3 +145,55 @@ def test_cifar10_download(tmp_path_factory):
         data.cifar10("test", root=tmp_path_factory.mktemp("bad"), download=True, urls=(source.as_uri(),))
     with pytest.raises(FileNotFoundError, match="download=True"):
         data.cifar10("test", root=tmp_path_factory.mktemp("none"))
+
+
+@pytest.mark.parametrize("name, shape, train", [("mnist", (60_000, 28, 28, 1), True), ("mnist", (10_000, 28, 28, 1), False),
+                                                ("cifar10", (50_000, 32, 32, 3), True)])
+def test_standins_have_the_real_shapes_and_say_what_they_are(name, shape, train):
+    split = data.standin(name, "train" if train else "test")
+    assert split.x.shape == shape and split.x.dtype == np.float32 and split.y.dtype == np.int64
+    assert len(split.y) == shape[0] and set(np.unique(split.y)) <= set(range(10))
+    assert 0.0 <= split.x.min() and split.x.max() <= 1.0 and split.x.std() > 0.1
+    assert data.is_standin(split) and split.name.startswith("stand-in for")
+    again = data.standin(name, "train" if train else "test")
+    assert np.array_equal(split.x[:100], again.x[:100])  # deterministic
+
+
+def test_mnist_standin_keeps_digits_inside_the_frame_like_mnist():
+    split = data.standin("mnist", n=500)
+    ink = split.x[..., 0].sum(axis=0)
+    assert ink[:2].sum() == 0 and ink[-2:].sum() == 0 and ink[:, :2].sum() == 0 and ink[:, -2:].sum() == 0
+    assert split.x[..., 0].max(axis=(1, 2)).min() > 0.5  # every image holds a digit
+
+
+def test_full_scale_uses_a_standin_only_in_a_rehearsal(tmp_path, monkeypatch):
+    monkeypatch.setenv("KEXUE_REHEARSAL", "1")
+    monkeypatch.delenv("KEXUE_SCALE", raising=False)
+    split = data.full_scale("mnist", "test", root=tmp_path)  # no files there: the stand-in
+    assert data.is_standin(split) and split.x.shape == (10_000, 28, 28, 1)
+    monkeypatch.setenv("KEXUE_REHEARSAL", "0")
+    monkeypatch.setattr(standin_module, "LOADERS", {"mnist": _refuse_download, "cifar10": _refuse_download})
+    with pytest.raises(OSError, match="download attempted"):  # outside a rehearsal: the real loader, downloading
+        data.full_scale("mnist", "test", root=tmp_path)
+    with pytest.raises(ValueError, match="name"):
+        data.full_scale("svhn")
+
+
+def test_full_scale_prefers_real_files_in_a_rehearsal(tmp_path, monkeypatch):
+    monkeypatch.setenv("KEXUE_REHEARSAL", "1")
+    monkeypatch.delenv("KEXUE_SCALE", raising=False)
+    real = data.Split(np.zeros((3, 28, 28, 1), np.float32), np.zeros(3, np.int64), "MNIST (test)")
+    calls = []
+
+    def loader(split, root=None, download=False):
+        calls.append(download)
+        return real
+
+    monkeypatch.setattr(standin_module, "LOADERS", {"mnist": loader, "cifar10": loader})
+    assert data.full_scale("mnist", "test") is real and calls == [False]  # never downloads in a rehearsal
+
+
+def _refuse_download(split, root=None, download=False):
+    if download:
+        raise OSError("download attempted")
+    raise FileNotFoundError("absent")

@@ -12,7 +12,7 @@ from kexue.data.cifar10_loader import cifar10
 from kexue.data.common import Split
 from kexue.data.mnist_loader import mnist
 from kexue.data.packaged import digits, image_patches
-from kexue.data.standin import full_scale, is_standin, standin
+from kexue.data.standins import full_scale, is_standin, standin
 from kexue.data.toy import TOY_2D, toy_2d
 
 __all__ = [
