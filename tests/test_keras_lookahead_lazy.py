@@ -36,6 +36,38 @@ def test_lookahead_matches_the_numpy_reference():
     assert np.abs(np.array(w) - theta_ref).max() < 1e-6
 
 
+def test_lookahead_copies_every_variable_at_the_first_step():
+    """A variable without a gradient at step 1 must not be pulled towards zero at the first sync."""
+    a, b = keras.Variable([1.0]), keras.Variable([1.0])
+    opt = Lookahead(keras.optimizers.SGD(0.0), sync_period=2, slow_step_size=0.5)
+    opt.build([a, b])
+    opt.apply([keras.ops.ones(1), None], [a, b])
+    opt.apply([keras.ops.ones(1), keras.ops.ones(1)], [a, b])  # the first sync: lr = 0, nothing may move
+    assert np.array(a)[0] == 1.0 and np.array(b)[0] == 1.0
+
+
+def test_lookahead_slow_weights_swapped_in_and_at_the_end_of_fit():
+    w = keras.Variable([0.0])
+    opt = Lookahead(keras.optimizers.SGD(1.0), sync_period=4, slow_step_size=0.5)
+    for _ in range(6):  # gradient -1: the fast weight climbs by 1 a step; sync after step 4: slow 0 -> 2
+        opt.apply([keras.ops.convert_to_tensor([-1.0])], [w])
+    assert np.array(w)[0] == 4.0 and np.array(opt.slow_weights()[0])[0] == 2.0
+    with opt.swapped():
+        assert np.array(w)[0] == 2.0
+    assert np.array(w)[0] == 4.0
+
+    x = RNG.standard_normal((56, 12)).astype("float32")
+    y = RNG.standard_normal((56, 1)).astype("float32")
+    for at_end in (True, False):
+        model = dense_model()
+        model.compile(optimizer=Lookahead(keras.optimizers.Adam(1e-2), 5, 0.5, slow_weights_at_end=at_end), loss="mse")
+        model.fit(x, y, batch_size=8, shuffle=False, verbose=0)  # 7 inner steps: fast and slow differ
+        slow = [np.array(s) for s in model.optimizer.slow_weights()]
+        fast = [np.array(v) for v in model.trainable_weights]
+        gap = max(np.abs(a - b).max() for a, b in zip(slow, fast))
+        assert gap == 0.0 if at_end else gap > 1e-4
+
+
 def dense_model(seed=0):
     keras.utils.set_random_seed(seed)
     return keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])

@@ -82,6 +82,23 @@ def test_lookahead_schedulers_and_bad_arguments():
         Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), 3).load_state_dict(opt.state_dict())
 
 
+def test_swapped_puts_the_slow_weights_in_and_restores_the_fast_ones():
+    w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = Lookahead(torch.optim.SGD([w], lr=1.0), sync_period=4, slow_step_size=0.5)
+    with opt.swapped():  # before the first step the slow weights are the weights
+        assert w.item() == 0.0
+    for _ in range(6):  # gradient -1: the fast weight climbs by 1 a step; sync after step 4: slow 0 -> 2
+        w.grad = -torch.ones(1, dtype=torch.float64)
+        opt.step()
+    assert w.item() == 4.0 and opt.slow_weights()[0].item() == 2.0
+    with opt.swapped():
+        assert w.item() == 2.0
+    assert w.item() == 4.0
+    with pytest.raises(RuntimeError, match="inside"), opt.swapped():
+        raise RuntimeError("inside")
+    assert w.item() == 4.0  # restored on an exception too
+
+
 def test_steady_state_variance_formula_is_below_sgd():
     for lr in (0.05, 0.5, 1.5):
         v_sgd = sgd_steady_variance(lr, 1.0, 1.0)
@@ -127,6 +144,16 @@ def test_dense_adam_moves_absent_rows_but_lazy_adam_does_not():
         opt.step()
         opt.zero_grad()
         assert (not torch.equal(emb.weight[0], before[0])) is moves
+
+
+def test_lazy_adam_refuses_sparse_and_complex_parameters():
+    with pytest.raises(ValueError, match="layout"):
+        LazyAdam([nn.Parameter(torch.zeros(3, 3).to_sparse())])
+    with pytest.raises(ValueError, match="complex"):
+        LazyAdam([nn.Parameter(torch.zeros(3, dtype=torch.complex64))])
+    opt = LazyAdam([nn.Parameter(torch.zeros(3))])
+    with pytest.raises(ValueError, match="complex"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(3, dtype=torch.complex64))]})
 
 
 @pytest.mark.parametrize("kwargs, match", [({"lr": 0}, "lr"), ({"lr": "1"}, "lr"), ({"betas": (0.9,)}, "betas"),

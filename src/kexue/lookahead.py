@@ -59,3 +59,79 @@ def lookahead_steady_variance(
     alpha = fraction("slow_step_size", slow_step_size)
     beta_k = (1.0 - lr * curvature) ** k
     return sgd_steady_variance(lr, curvature, noise_variance) * alpha * (1 + beta_k) / (2 - alpha * (1 - beta_k))
+
+
+def lookahead_contraction(lr: float, curvature: float, sync_period: int, slow_step_size: float) -> float:
+    """Factor by which Lookahead's mean shrinks per round of k inner SGD steps, eq. ``la-contraction``.
+
+    On 0.5 a (x - c)^2 with beta = 1 - lr * a: 1 - alpha (1 - beta^k); SGD's own factor is beta^k
+    (``slow_step_size=1``).
+    """
+    k = positive_int("sync_period", sync_period)
+    alpha = fraction("slow_step_size", slow_step_size)
+    return 1.0 - alpha * (1.0 - (1.0 - lr * curvature) ** k)
+
+
+def _quadratic_arrays(
+    curvatures: np.ndarray, noise_variances: np.ndarray, lr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    h = np.atleast_1d(np.asarray(curvatures, dtype=np.float64))
+    s2 = np.broadcast_to(np.asarray(noise_variances, dtype=np.float64), h.shape)
+    if h.ndim != 1 or not np.all(h > 0):
+        raise ValueError("`curvatures` must be a 1-D array of positive numbers")
+    if not np.all(s2 >= 0):
+        raise ValueError("`noise_variances` must be non-negative")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not lr > 0:
+        raise ValueError(f"`lr` must be a positive number, got {lr!r}")
+    beta = 1.0 - lr * h
+    if not np.all(np.abs(beta) < 1):
+        raise ValueError(f"SGD diverges: lr * max(curvature) = {lr * h.max()} must be below 2")
+    return h, s2, beta
+
+
+def noisy_quadratic_floor(
+    curvatures: np.ndarray, noise_variances: np.ndarray, lr: float, sync_period: int = 1, slow_step_size: float = 1.0
+) -> float:
+    """Stationary expected excess loss sum_i 0.5 h_i Var(x_i) of Lookahead(SGD), eqs. ``la-variance``, ``nq-loss``.
+
+    Each coordinate i is an independent noisy quadratic 0.5 h_i (x_i - c_i)^2, c_i ~ N(0, s_i^2), measured at
+    synchronisation points; ``slow_step_size=1`` is SGD itself, whatever ``sync_period``.
+    """
+    h, s2, beta = _quadratic_arrays(curvatures, noise_variances, lr)
+    k = positive_int("sync_period", sync_period)
+    alpha = fraction("slow_step_size", slow_step_size)
+    v_sgd = lr**2 * h**2 * s2 / (1 - beta**2)
+    beta_k = beta**k
+    return float(0.5 * np.sum(h * v_sgd * alpha * (1 + beta_k) / (2 - alpha * (1 - beta_k))))
+
+
+def noisy_quadratic_loss_curve(
+    curvatures: np.ndarray,
+    noise_variances: np.ndarray,
+    start: np.ndarray,
+    lr: float,
+    rounds: int,
+    sync_period: int = 1,
+    slow_step_size: float = 1.0,
+) -> np.ndarray:
+    """Expected excess loss sum_i 0.5 h_i (E[x_i]^2 + Var x_i) after each of ``rounds`` rounds, eq. ``nq-loss``.
+
+    Exact recursion of eqs. ``inner-round`` and ``la-contraction``: per round the mean is multiplied by
+    r = 1 - alpha (1 - beta^k) and the variance becomes r^2 V + alpha^2 V_SGD (1 - beta^{2k}), starting from
+    the deterministic point ``start``. Returns shape (rounds,); entry j is the loss after (j + 1) k inner steps.
+    """
+    h, s2, beta = _quadratic_arrays(curvatures, noise_variances, lr)
+    k = positive_int("sync_period", sync_period)
+    alpha = fraction("slow_step_size", slow_step_size)
+    rounds = positive_int("rounds", rounds)
+    mean = np.broadcast_to(np.asarray(start, dtype=np.float64), h.shape).copy()
+    beta_k = beta**k
+    r = 1.0 - alpha * (1.0 - beta_k)
+    noise = alpha**2 * lr**2 * h**2 * s2 * (1 - beta_k**2) / (1 - beta**2)
+    variance = np.zeros_like(h)
+    curve = np.empty(rounds)
+    for j in range(rounds):
+        mean = r * mean
+        variance = r * r * variance + noise
+        curve[j] = 0.5 * np.sum(h * (mean**2 + variance))
+    return curve

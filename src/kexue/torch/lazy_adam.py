@@ -34,8 +34,15 @@ class LazyAdam(torch.optim.Optimizer):
     A row is a slice along the first dimension (a token's embedding). Rows absent from the gradient
     keep their weights *and* moments; the step count, and with it the bias correction, is the
     parameter's. On sparse gradients (``nn.Embedding(sparse=True)``) the cost is proportional to the
-    touched rows and the result is that of ``torch.optim.SparseAdam``; dense gradients are accepted
-    too, their all-zero rows counting as absent.
+    touched rows and the result is that of ``torch.optim.SparseAdam``. Dense gradients are accepted too,
+    and then *every* all-zero gradient row counts as absent: besides the rows of tokens missing from the
+    batch, that is a row whose gradient is zero for another reason (the ``padding_idx`` row, the incoming
+    weights of a dead ReLU unit in a ``Linear`` layer's weight, a row the loss ignores). Such rows keep
+    weights and moments, where dense Adam would keep coasting them; give LazyAdam only the embedding
+    tables you want treated lazily.
+
+    Parameters must be real (floating point) and dense (strided) tensors: a sparse parameter or a
+    complex one raises ``ValueError`` when it is added (at construction or by ``add_param_group``).
 
     Args:
         params: parameters or parameter groups.
@@ -61,6 +68,17 @@ class LazyAdam(torch.optim.Optimizer):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             raise ValueError(f"`eps` must be a positive number, got {eps!r}")
         super().__init__(params, {"lr": float(lr), "betas": tuple(float(b) for b in betas), "eps": float(eps)})
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group["params"]
+        for i, p in enumerate([params] if isinstance(params, torch.Tensor) else list(params)):
+            if isinstance(p, torch.Tensor) and p.layout != torch.strided:
+                raise ValueError(f"`params`[{i}] has layout {p.layout}: LazyAdam updates dense (strided) parameters "
+                                 "(sparse *gradients* of a dense parameter are fine, e.g. nn.Embedding(sparse=True))")
+            if isinstance(p, torch.Tensor) and not p.is_floating_point():
+                raise ValueError(f"`params`[{i}] has dtype {p.dtype}: LazyAdam updates real floating-point "
+                                 "parameters only (for a complex one, optimise torch.view_as_real of it)")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]

@@ -6,7 +6,8 @@ NeurIPS 2019; Su Jianlin, https://kexue.fm/archives/6869.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -27,11 +28,14 @@ class Lookahead(OptimizerWrapper):
         optimizer: the ``torch.optim.Optimizer`` to wrap; its ``param_groups`` are this wrapper's, so
             learning-rate schedulers work on either.
         sync_period: inner steps between synchronisations, k >= 1.
-        slow_step_size: alpha in (0, 1]; ``sync_period=1, slow_step_size=1`` is the inner optimizer.
+        slow_step_size: alpha in (0, 1]; ``slow_step_size=1`` is the inner optimizer, whatever ``sync_period``.
 
     Example::
 
         opt = Lookahead(torch.optim.Adam(model.parameters(), 1e-3), sync_period=5, slow_step_size=0.5)
+        ...
+        with opt.swapped():  # evaluate the slow weights, the result of the paper's Algorithm 1
+            evaluate(model)
 
     ``state_dict()`` carries the inner state, the slow weights and the inner-step count, so a checkpoint
     taken between two synchronisations resumes exactly.
@@ -70,6 +74,23 @@ class Lookahead(OptimizerWrapper):
     def slow_weights(self) -> list[torch.Tensor]:
         """The slow weights in parameter order (the fast weights until the first step)."""
         return [self._slow.get(p, p).detach() for p in self._params()]
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        """Slow weights in the parameters for the block; the fast ones restored exactly on exit.
+
+        Between two synchronisations the parameters hold the fast weights, k - j steps ahead of the slow
+        ones the paper's Algorithm 1 returns; evaluate inside this block to see the slow weights.
+        """
+        params = self._params()
+        fast = [p.detach().clone() for p in params]
+        try:
+            with torch.no_grad():
+                torch._foreach_copy_(params, self.slow_weights())
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, fast)
 
     def _wrapper_state(self) -> dict[str, Any]:
         return {
