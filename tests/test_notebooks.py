@@ -1,11 +1,13 @@
 """The chapters' contract (BOOK.md): paired and stripped twins, the setup cell, the badge, the essay."""
 
 import json
+import sys
+import types
 
 import jupytext
 import pytest
 
-from tests.book_meta import NOTEBOOKS, ROOT, colab_url, config, setup_cell
+from tests.book_meta import NOTEBOOKS, ROOT, colab_url, config, release_tag, repository, setup_cell, version
 
 CHAPTERS = [
     "01_gradient_accumulation", "02_lookahead_lazy", "03_keras_cooler", "04_batchnorm",
@@ -71,3 +73,46 @@ def test_config_fails_the_build_on_errors():
     assert execute["execute_notebooks"] == "cache"  # filled by nbval, see tests/executed_cache.py
     assert execute["raise_on_error"] is True and execute["allow_errors"] is False
     assert config()["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+
+
+def test_the_release_pins_agree():
+    """pyproject, kexue.__version__, the launch buttons' revision and (above) every setup cell and badge."""
+    import kexue
+
+    assert kexue.__version__ == version(), "bump src/kexue/__init__.py with pyproject.toml (use .ci/release)"
+    assert repository()[2] == release_tag(), "_config.yml repository.branch must be the release tag"
+
+
+def run_setup_cell(on_colab: bool, release: str | None = None) -> list[str]:
+    """Execute the setup cell as IPython would (magics transformed), recording the %pip lines it runs."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    calls: list[str] = []
+
+    class Shell:
+        def run_line_magic(self, name, line):
+            calls.append(f"%{name} {line}")
+
+    code = TransformerManager().transform_cell(setup_cell(release))
+    saved = sys.modules.get("google.colab")
+    if on_colab:
+        sys.modules["google.colab"] = types.ModuleType("google.colab")
+    else:
+        sys.modules.pop("google.colab", None)
+    try:
+        exec(compile(code, "<setup cell>", "exec"), {"get_ipython": lambda: Shell()})
+    finally:
+        sys.modules.pop("google.colab", None)
+        if saved is not None:
+            sys.modules["google.colab"] = saved
+    return calls
+
+
+def test_setup_cell_installs_the_release_on_colab_only_and_checks_it_everywhere():
+    url, _, _ = repository()
+    assert run_setup_cell(on_colab=False) == []
+    calls = run_setup_cell(on_colab=True)
+    assert calls == [f'%pip install --quiet "kexue @ git+{url}@{release_tag()}"']
+    assert not any(name in calls[0] for name in ("torch", "tensorflow", "keras", "-U", "--upgrade"))
+    with pytest.raises(AssertionError, match="release 9.9.9 of the book; it imported kexue"):
+        run_setup_cell(on_colab=False, release="9.9.9")  # a notebook never runs against another kexue

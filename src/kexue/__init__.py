@@ -9,6 +9,6 @@ from kexue.progress_bar import progress
 from kexue.random import seed_everything
 from kexue.scale import Scale, pick, rehearsal, scale
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["Scale", "__version__", "device", "pick", "progress", "rehearsal", "scale", "seed_everything"]
