@@ -36,6 +36,7 @@ def test_lookahead_matches_the_numpy_reference():
     assert np.abs(np.array(w) - theta_ref).max() < 1e-6
 
 
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
 def test_lookahead_copies_every_variable_at_the_first_step():
     """A variable without a gradient at step 1 must not be pulled towards zero at the first sync."""
     a, b = keras.Variable([1.0]), keras.Variable([1.0])
@@ -147,12 +148,39 @@ def test_rules_differ_only_in_the_slots():
     assert not np.allclose(slot(essay), slot(sparse))
 
 
+def test_slots_are_found_exactly_and_unknown_optimizers_refused():
+    table = keras.Variable(np.zeros((VOCAB, 4), "float32"), name="embeddings")
+    ema = LazyOptimizer(keras.optimizers.Adam(1e-2, use_ema=True))
+    assert ema.rule == "sparse"  # SparseAdam's and TensorFlow Addons' LazyAdam's semantics by default
+    ema.apply([keras.ops.ones((VOCAB, 4))], [table])
+    names = sorted(s.name.rsplit("_", 1)[-1] for s in ema.slots_of(table))
+    assert names == ["momentum", "velocity"]  # not use_ema's average, which has the same shape and prefix
+    with pytest.raises(ValueError, match="Adafactor"):
+        LazyOptimizer(keras.optimizers.Adafactor())
+
+    class Custom(keras.optimizers.Adam):
+        pass
+
+    with pytest.raises(ValueError, match="Custom"):
+        LazyOptimizer(Custom())
+
+
+def test_lazy_variables_given_as_objects():
+    words = keras.Variable(np.zeros((VOCAB, 4), "float32"), name="embeddings")
+    positions = keras.Variable(np.zeros((12, 4), "float32"), name="embeddings")
+    opt = LazyOptimizer(keras.optimizers.Adam(1e-2), lazy_variables=[words])
+    assert opt.is_lazy(words) and not opt.is_lazy(positions)
+    assert LazyOptimizer(keras.optimizers.Adam(1e-2)).is_lazy(positions)  # the name default catches both
+    with pytest.raises(ValueError, match="serialised"):
+        opt.get_config()
+
+
 def test_bad_arguments_and_config():
     with pytest.raises(TypeError, match="lazy_variables"):
         LazyOptimizer(keras.optimizers.Adam(), lazy_variables="embeddings")
     with pytest.raises(ValueError, match="lazy_variables"):
         LazyOptimizer(keras.optimizers.Adam(), lazy_variables=[])
-    with pytest.raises(ValueError, match="`rule` must be one of 'essay', 'sparse'"):
+    with pytest.raises(ValueError, match="`rule` must be one of 'sparse', 'essay'"):
         LazyOptimizer(keras.optimizers.Adam(), rule="lazy")
     with pytest.raises(ValueError, match="slow_step_size"):
         Lookahead(keras.optimizers.Adam(), slow_step_size=2)
