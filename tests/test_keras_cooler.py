@@ -72,6 +72,41 @@ def test_a_layer_applied_twice_records_twice():
     assert set(values) == {"shared/attention", "shared/attention/1"}
 
 
+class Inner(keras.Model):
+    """A subclassed model with a nested block: capture must find 'deep' and must not keep its build pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = keras.Sequential([keras.layers.Dense(8, name="deep")], name="block")
+        self.att = SelfAttention(4, name="sub_att")
+
+    def call(self, x):
+        return self.att(self.block(x))
+
+
+def test_capture_on_an_unbuilt_subclassed_model_finds_nested_layers_and_keeps_only_real_values():
+    keras.utils.set_random_seed(0)
+    model = Inner()
+    x = RNG.standard_normal((2, 5, 4)).astype("float32")
+    out, values = capture(model, x, layers=["deep"])
+    assert set(values) == {"deep:input", "deep:output", "sub_att/attention"}  # no "/1" from a build pass
+    assert all(isinstance(v, np.ndarray) for v in values.values())
+    assert np.allclose(values["deep:output"], ops.convert_to_numpy(model.block(x)), atol=1e-6)
+
+
+def test_a_capture_does_not_collect_what_another_thread_records():
+    import threading
+
+    from kexue.capture import recording
+
+    with recording() as values:
+        worker = threading.Thread(target=record, args=("from another thread", 1))
+        worker.start()
+        worker.join()
+        record("from this thread", 2)
+    assert values == {"from this thread": 2}
+
+
 def mlp(use_ema=False, momentum=0.9, batchnorm=False):
     keras.utils.set_random_seed(1)
     layers = [keras.Input((10,)), keras.layers.Dense(16, activation="relu")]
@@ -139,6 +174,118 @@ def test_ema_rejects_bad_input():
         ema.update()
 
 
+def test_raw_weights_are_bit_identical_with_and_without_the_callback():
+    """The essay's point: the average watches the training, it does not change it."""
+    plain, watched = mlp(), mlp()
+    plain.fit(X, Y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+    watched.fit(X, Y, batch_size=16, epochs=2, verbose=0, shuffle=False, callbacks=[ExponentialMovingAverage(0.9)])
+    assert all(np.array_equal(a, b) for a, b in zip(snapshot(plain.weights), snapshot(watched.weights)))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the torch backend itself refuses steps_per_execution > 1")
+def test_ema_refuses_steps_per_execution_above_one():
+    model = mlp()
+    model.compile(keras.optimizers.SGD(0.1), "mse", steps_per_execution=4)  # 4 steps per on_train_batch_end
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[ExponentialMovingAverage(0.9)])
+
+
+def test_ema_refuses_the_jax_backend_clearly(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(NotImplementedError, match="jax"):
+        ExponentialMovingAverage(0.9).track(mlp())
+
+
+def test_bfloat16_weights_get_a_float32_average_that_moves():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype="bfloat16")])
+    ema = ExponentialMovingAverage(0.999)
+    ema.track(model)
+    for v in model.trainable_variables:
+        v.assign(np.zeros(v.shape))
+    ema.update()  # the copy: 0
+    for v in model.trainable_variables:
+        v.assign(np.ones(v.shape))
+    for _ in range(100):
+        ema.update()
+    expected = 1 - 0.999**100  # eq. ema-closed-form; in bfloat16 0.999 rounds to 1 and the average stays 0
+    for average in ema.averaged_weights():
+        # float32 holds 0.999 as 0.99900001: beta^100 moves by 100 beta^99 * 1.3e-8 = 1.2e-6, so rtol 1e-4
+        assert average.dtype == np.float32 and np.allclose(average, expected, rtol=1e-4, atol=0)
+    with ema.swapped():
+        assert all(keras.backend.standardize_dtype(v.dtype) == "bfloat16" for v in model.trainable_variables)
+        assert all(np.allclose(ops.convert_to_numpy(ops.cast(v, "float32")), expected, rtol=1e-2)
+                   for v in model.trainable_variables)
+
+
+def test_ema_re_tracks_another_model_and_unfrozen_layers():
+    first, ema = mlp(), ExponentialMovingAverage(0.5)
+    first.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[ema])
+    second = mlp()
+    second.layers[0].trainable = False  # frozen first layer
+    second.compile(keras.optimizers.SGD(0.1), "mse")
+    second.fit(X[:16], Y[:16], batch_size=16, epochs=1, verbose=0, callbacks=[ema])
+    assert len(ema.shadow) == len(second.trainable_variables) == 2
+    # a variable new to the average starts with a copy: after one step the average is the weights
+    assert all(np.array_equal(a, b) for a, b in zip(ema.averaged_weights(), snapshot(second.trainable_variables)))
+    kept = ema.averaged_weights()
+    second.layers[0].trainable = True  # unfreeze: two more variables
+    second.compile(keras.optimizers.SGD(0.1), "mse")
+    second.fit(X[:16], Y[:16], batch_size=16, epochs=1, verbose=0, callbacks=[ema])
+    now = snapshot(second.trainable_variables)
+    assert len(ema.shadow) == 4
+    averages = ema.averaged_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(averages[:2], now[:2]))  # new: a copy
+    assert all(np.allclose(a, 0.5 * k + 0.5 * w, atol=1e-6) for a, k, w in zip(averages[2:], kept, now[2:]))
+
+
+class StopAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+def test_ema_state_survives_an_interrupted_fit_with_backup_and_restore(tmp_path):
+    def run(callbacks, epochs=3):
+        model = mlp()
+        model.fit(X, Y, batch_size=16, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
+        return model
+
+    whole = ExponentialMovingAverage(0.8)
+    run([whole])
+    backup, saved = str(tmp_path / "backup"), tmp_path / "ema.npz"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([keras.callbacks.BackupAndRestore(backup), ExponentialMovingAverage(0.8, backup_path=saved), StopAt(2)])
+    assert saved.exists()
+    resumed = ExponentialMovingAverage(0.8, backup_path=saved)
+    run([keras.callbacks.BackupAndRestore(backup), resumed])
+    assert resumed.updates == whole.updates == 24 and not saved.exists()
+    assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(resumed.averaged_weights(), whole.averaged_weights()))
+
+
+def test_ema_state_round_trips_and_is_checked(tmp_path):
+    model, ema = mlp(), ExponentialMovingAverage(0.8)
+    model.fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[ema])
+    ema.save(tmp_path / "ema.npz")
+    loaded = ExponentialMovingAverage(0.8)
+    loaded.load(tmp_path / "ema.npz")  # before any model: applied when fit tracks one
+    loaded.track(mlp())
+    assert loaded.updates == ema.updates and all(
+        np.array_equal(a, b) for a, b in zip(loaded.averaged_weights(), ema.averaged_weights()))
+    with pytest.raises(ValueError, match="momentum"):
+        ExponentialMovingAverage(0.5).set_state(ema.get_state())
+    wrong = ema.get_state()
+    wrong["shadow"][0] = wrong["shadow"][0].T
+    other = ExponentialMovingAverage(0.8)
+    other.track(mlp())
+    with pytest.raises(ValueError, match="shape"):
+        other.set_state(wrong)
+
+
 def noise(sample, rng):
     return sample + rng.normal(size=sample.shape).astype("float32")
 
@@ -197,6 +344,32 @@ def test_naive_dataset_repeats_its_noise_every_epoch_under_processes():
     # draw no more distinct noise than one epoch has batches (a seeded dataset draws a fresh value per batch)
     first_values = {float(x[0, 0]) for epoch in forked for x, _ in epoch}
     assert len(first_values) <= len(forked[0]) < 3 * len(forked[0])
+
+
+@pytest.mark.parametrize("workers,processes", [(1, False), (4, False), (2, True)])
+def test_seeded_dataset_keyed_to_fits_epoch_so_a_resumed_fit_repeats_the_uninterrupted_one(workers, processes):
+    def make():
+        return SeededPyDataset(*SAMPLES, batch_size=16, augment=noise, seed=3, workers=workers,
+                               use_multiprocessing=processes)
+
+    first = make()
+    whole = batches_seen_by_fit(first, epochs=2, callbacks=[first.epoch_callback()])
+    fresh = make()
+    resumed = batches_seen_by_fit(fresh, epochs=2, initial_epoch=1, callbacks=[fresh.epoch_callback()])
+    assert equal(resumed, whole[1:]) and not equal(whole[:1], whole[1:])
+    direct = make()
+    direct.epoch = 0  # fit's epoch 0 is key 0
+    assert equal(whole[:1], [[direct[b] for b in range(len(direct))]])
+
+
+def test_evaluate_does_not_move_a_dataset_that_follows_fit():
+    ds = SeededPyDataset(*SAMPLES, batch_size=16, augment=noise, seed=3)
+    callback = ds.epoch_callback()
+    before = ds[0]
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.evaluate(ds, verbose=0)
+    assert ds.epoch == 0 and equal([[ds[0]]], [[before]]) and callback.dataset is ds
 
 
 def test_seeded_dataset_validates_and_indexes():

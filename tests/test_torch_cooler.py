@@ -7,7 +7,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
-from kexue.seeded import epoch_order, sample_rng
+from kexue.seeded import epoch_order, key_words, sample_rng
 from kexue.torch import ExponentialMovingAverage, SeededDataset, SelfAttention, capture, loader_batches
 
 
@@ -68,7 +68,7 @@ def test_swapped_restores_parameters_exactly_and_leaves_buffers():
         assert all(torch.equal(b, c) for b, c in zip(model.buffers(), buffers))
     assert all(torch.equal(p, r) for p, r in zip(model.parameters(), raw))
     state = ema.state_dict()
-    other = ExponentialMovingAverage(small_net(), momentum=0.5)
+    other = ExponentialMovingAverage(small_net(), momentum=0.9)
     other.load_state_dict(state)
     assert other.momentum == 0.9 and other.updates == 10 and all(torch.equal(a, b) for a, b in zip(other.shadow, ema.shadow))
     with pytest.raises(ValueError):
@@ -115,6 +115,15 @@ def test_seeded_dataset_batches_do_not_depend_on_workers_and_naive_ones_do():
     assert not same(read(naive, 2), read(naive, 0))
 
 
+def test_sample_rng_keys_are_injective():
+    """A flat SeedSequence key splits 2**32 + 5 into the words [5, 1], so (2**32 + 5, 7, 0) was (5, 1, 7)."""
+    for a, b in [((2**32 + 5, 7, 0), (5, 1, 7)), ((0, 2**32, 0), (0, 0, 1)), ((2**64, 0, 0), (0, 0, 0))]:
+        assert not np.array_equal(sample_rng(*a).integers(2**62, size=4), sample_rng(*b).integers(2**62, size=4))
+    assert key_words(0, 2**32 + 5, 7) == [0, 2, 5, 1, 1, 7]
+    assert len({tuple(key_words(0, s, e, i)) for s in (0, 1, 2**32, 2**32 + 1) for e in (0, 1, 2**32)
+                for i in (0, 1, 2**33)}) == 36
+
+
 def test_seeded_generators_are_keyed_and_validated():
     a, b = sample_rng(1, 2, 3).normal(size=4), sample_rng(1, 2, 3).normal(size=4)
     assert np.array_equal(a, b)
@@ -128,3 +137,51 @@ def test_seeded_generators_are_keyed_and_validated():
         SeededDataset(np.zeros(3), np.zeros(2))
     with pytest.raises(ValueError):
         SeededDataset(X, Y).set_epoch(-1)
+
+
+def test_load_state_dict_keeps_the_momentum_and_checks_shapes():
+    model = small_net()
+    ema = ExponentialMovingAverage(model, momentum=0.9)
+    train(model, 3, [ema.update])
+    with pytest.raises(ValueError, match="momentum"):  # it used to replace 0.5 by 0.9 silently
+        ExponentialMovingAverage(small_net(), momentum=0.5).load_state_dict(ema.state_dict())
+    wrong = ema.state_dict()
+    wrong["shadow"][0] = wrong["shadow"][0].T.contiguous()  # (6, 12) for a (12, 6) weight: same numel
+    with pytest.raises(ValueError, match="shape"):
+        ExponentialMovingAverage(small_net(), momentum=0.9).load_state_dict(wrong)
+    with pytest.raises(ValueError, match="keys"):
+        ema.load_state_dict({"shadow": []})
+
+
+def test_bfloat16_parameters_get_a_float32_average_that_moves():
+    model = nn.Linear(3, 2).to(torch.bfloat16)
+    ema = ExponentialMovingAverage(model, momentum=0.999)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    ema.update()  # the copy: 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    for _ in range(100):
+        ema.update()
+    expected = 1 - 0.999**100  # eq. ema-closed-form: weight (1 - beta) beta^(t-i) on each of the 100 ones
+    for s in ema.shadow:
+        assert s.dtype == torch.float32 and torch.allclose(s, torch.full_like(s, expected), rtol=1e-5)
+    with ema.swapped():
+        assert all(p.dtype == torch.bfloat16 and torch.equal(p, s.to(torch.bfloat16))
+                   for p, s in zip(model.parameters(), ema.shadow))
+    assert all(torch.equal(p, torch.ones_like(p)) for p in model.parameters())
+
+
+def test_shadows_follow_the_model_to_another_device():
+    model = small_net()
+    ema = ExponentialMovingAverage(model, momentum=0.9)
+    ema.update()
+    model.to("meta")  # a device other than the CPU that every machine has
+    ema.update()
+    assert all(s.device.type == "meta" for s in ema.shadow)
+    with ema.swapped():
+        pass
+    ema.load_state_dict({"momentum": 0.9, "updates": 1, "shadow": [torch.zeros(s.shape) for s in ema.shadow]})
+    assert all(s.device.type == "meta" for s in ema.shadow)

@@ -3,7 +3,8 @@
 A layer marks a value with ``record(name, value)``; it returns ``value`` unchanged, so the layer's
 computation and its training graph are the same whether anyone is listening or not. Only inside a
 ``recording()`` block (which :func:`kexue.keras.capture` and :func:`kexue.torch.capture` open for one call
-of the model) are the values kept.
+of the model) are the values kept. The active recordings live in a ``ContextVar``: a capture in one thread
+(or asyncio task) never collects what another thread's model records.
 
 Example::
 
@@ -17,21 +18,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-_ACTIVE: list[dict[str, Any]] = []
+_ACTIVE: ContextVar[tuple[dict[str, Any], ...]] = ContextVar("kexue_capture_active", default=())
 
 
 def record(name: str, value: T) -> T:
-    """Keep ``value`` under ``name`` if a capture is active; return ``value`` unchanged either way.
+    """Keep ``value`` under ``name`` if a capture is active in this context; return ``value`` unchanged.
 
     A name recorded again in the same call (a layer applied twice) is kept as ``name/1``, ``name/2``, ...
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"`name` must be a non-empty string, got {name!r}")
-    if _ACTIVE:
-        store(_ACTIVE[-1], name, value)
+    active = _ACTIVE.get()
+    if active:
+        store(active[-1], name, value)
     return value
 
 
@@ -46,10 +49,11 @@ def store(values: dict[str, Any], name: str, value: Any) -> None:
 
 @contextmanager
 def recording() -> Iterator[dict[str, Any]]:
-    """Collect every :func:`record` made inside the block into the yielded dict (innermost block wins)."""
+    """Collect every :func:`record` made inside the block, in this context, into the yielded dict
+    (innermost block wins)."""
     values: dict[str, Any] = {}
-    _ACTIVE.append(values)
+    token = _ACTIVE.set(_ACTIVE.get() + (values,))
     try:
         yield values
     finally:
-        _ACTIVE.pop()
+        _ACTIVE.reset(token)

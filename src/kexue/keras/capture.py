@@ -24,17 +24,22 @@ def capture(model: keras.Model, inputs: Any, layers: Sequence[str] = (),
     """Call ``model(inputs, training=training)`` once; return (outputs, captured values as NumPy arrays).
 
     Args:
-        model: a built Keras model (any kind: functional, sequential, subclassed).
+        model: a Keras model (any kind: functional, sequential, subclassed). An unbuilt model is first
+            called once outside the recording, so that what its build pass records (symbolic tensors) is
+            not returned.
         inputs: what ``model`` takes.
-        layers: names of layers (found with ``model.get_layer``) whose outputs to keep as ``"{name}:output"``
-            (and their first input as ``"{name}:input"``).
+        layers: names of layers whose outputs to keep as ``"{name}:output"`` (and their first input as
+            ``"{name}:input"``), searched at any depth (layers inside nested models and layers too); a name
+            must be unique in the model.
         training: passed to the model (``False``: dropout off, BatchNorm in inference mode).
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model, got {type(model).__name__}")
     if isinstance(layers, str):
         raise TypeError("`layers` must be a sequence of layer names, not one string: use layers=[name]")
-    targets = [model.get_layer(name) for name in layers]  # raises ValueError naming an unknown layer
+    targets = [_find_layer(model, name) for name in layers]
+    if not model.built:
+        model(inputs, training=training)
     originals = []
     with recording() as values:
         try:
@@ -49,6 +54,16 @@ def capture(model: keras.Model, inputs: Any, layers: Sequence[str] = (),
                 else:
                     object.__setattr__(layer, "call", original)
     return outputs, {name: keras.ops.convert_to_numpy(v) for name, v in values.items()}
+
+
+def _find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
+    """The one layer called ``name`` at any depth of ``model``; ``ValueError`` if none or several."""
+    found = [layer for layer in model._flatten_layers(include_self=False, recursive=True) if layer.name == name]
+    if len(found) != 1:
+        names = sorted({layer.name for layer in model._flatten_layers(include_self=False, recursive=True)})
+        raise ValueError(f"`layers`: {'no' if not found else len(found)} layers named {name!r} in the model; "
+                         f"layer names: {names[:30]}")
+    return found[0]
 
 
 def _tapped(layer: keras.layers.Layer, call: Any, values: dict[str, Any]) -> Any:

@@ -2,8 +2,13 @@
 
 Every batch is a pure function of (seed, epoch, batch index), so it is the same whether Keras reads the
 dataset in the main thread, with threads or with processes (``workers``, ``use_multiprocessing``), and in
-whatever order the workers finish. Keras calls ``on_epoch_end`` in the main process and hands the updated
-dataset to fresh workers at the start of every epoch; that is how the epoch reaches them.
+whatever order the workers finish.
+
+The epoch in the key must be ``fit``'s epoch index, so that a resumed run (``fit(..., initial_epoch=e)``) sees
+what epoch ``e`` of an uninterrupted run saw. The dataset cannot learn that index by itself (``fit`` calls
+``on_epoch_end`` once before training starts, and ``evaluate`` calls it too), so it provides a callback:
+``fit(dataset, callbacks=[dataset.epoch_callback()])`` sets ``dataset.epoch`` at every ``on_epoch_begin``,
+before Keras starts that epoch's workers and hands them the dataset.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ class SeededPyDataset(keras.utils.PyDataset):
         shuffle: draw a new order every epoch (from (seed, epoch)); otherwise keep the given order.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of ``PyDataset``.
 
-    Pass it to ``fit(..., shuffle=False)``: Keras's own ``shuffle`` reorders batches with Python's global
+    Pass it to ``fit(dataset, shuffle=False, callbacks=[dataset.epoch_callback()])``: the callback keys the
+    data to fit's epoch index. Without it the dataset counts its own ``on_epoch_end`` calls, which is not
+    fit's epoch (fit's epoch 0 is then key 1, and a resumed run does not repeat the uninterrupted one).
+    ``fit``'s ``shuffle``: Keras's own ``shuffle`` reorders batches with Python's global
     ``random`` module, which is exactly the kind of randomness this class exists to avoid.
     """
 
@@ -48,6 +56,7 @@ class SeededPyDataset(keras.utils.PyDataset):
         self.batch_size = positive_int("batch_size", batch_size)
         self.augment, self.seed, self.shuffle = augment, positive_int("seed", seed, minimum=0), bool(shuffle)
         self.epoch = 0
+        self._follows_fit = False  # True once epoch_callback() was made: on_epoch_end no longer counts
         self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation), so it is drawn once an epoch
 
     def __len__(self) -> int:
@@ -73,7 +82,28 @@ class SeededPyDataset(keras.utils.PyDataset):
         return cached[1]
 
     def on_epoch_end(self) -> None:
-        self.epoch += 1
+        if not self._follows_fit:
+            self.epoch += 1
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A callback for ``fit`` that sets ``self.epoch`` to fit's epoch index at every epoch's start.
+
+        From then on the dataset's own ``on_epoch_end`` no longer advances the epoch, so ``evaluate`` on the
+        same object does not shift the training data.
+        """
+        self._follows_fit = True
+        return _FitEpoch(self)
+
+
+class _FitEpoch(keras.callbacks.Callback):
+    """Sets ``dataset.epoch = epoch`` in ``on_epoch_begin`` (Keras starts the epoch's workers after it)."""
+
+    def __init__(self, dataset: SeededPyDataset) -> None:
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.dataset.epoch = int(epoch)
 
 
 class _Recorder(keras.Model):
@@ -93,8 +123,11 @@ class _Recorder(keras.Model):
         return {"examples": keras.ops.cast(keras.ops.shape(x)[0], "float32")}
 
 
-def batches_seen_by_fit(dataset: keras.utils.PyDataset, epochs: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Run ``fit(dataset, epochs, shuffle=False)`` on a recording model; return each epoch's batches in order.
+def batches_seen_by_fit(dataset: keras.utils.PyDataset, epochs: int, initial_epoch: int = 0,
+                        callbacks: list[keras.callbacks.Callback] | None = None,
+                        ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Run ``fit(dataset, epochs, initial_epoch, shuffle=False, callbacks)`` on a recording model; return the
+    batches of each epoch it ran (``epochs - initial_epoch`` of them) in order.
 
     This is what a model would be trained on, read through Keras's own data pipeline (its workers, threads
     or processes, and queue), so it tests a dataset exactly as ``fit`` uses it. The recording model is built
@@ -102,8 +135,13 @@ def batches_seen_by_fit(dataset: keras.utils.PyDataset, epochs: int) -> list[lis
     peek does on the torch backend.
     """
     epochs = positive_int("epochs", epochs)
+    initial_epoch = positive_int("initial_epoch", initial_epoch, minimum=0)
+    if initial_epoch >= epochs:
+        raise ValueError(f"`initial_epoch` must be < `epochs`, got {initial_epoch} and {epochs}")
     model = _Recorder()
     model.compile(run_eagerly=True)  # train_step in Python, so it can keep the batches
-    model.fit(dataset, epochs=epochs, verbose=0, shuffle=False)
-    per_epoch = len(model.batches) // epochs
-    return [model.batches[e * per_epoch:(e + 1) * per_epoch] for e in range(epochs)]
+    model.fit(dataset, epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False,
+              callbacks=list(callbacks or []))
+    ran = epochs - initial_epoch
+    per_epoch = len(model.batches) // ran
+    return [model.batches[e * per_epoch:(e + 1) * per_epoch] for e in range(ran)]

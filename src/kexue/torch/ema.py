@@ -6,6 +6,10 @@ without a second copy of the module: ``with ema.swapped():`` puts the averages i
 the raw parameters bit for bit on exit. Buffers (BatchNorm's running statistics) are not averaged, as in
 ``AveragedModel(use_buffers=False)``, its default.
 
+Shadows of float16/bfloat16 parameters are kept in float32 (in bfloat16, ``lerp`` by ``1 - 0.999`` rounds
+away every step and the average stalls); shadows follow their parameters to another device at the next
+``update``/``swapped``/``load_state_dict``.
+
 Example::
 
     ema = ExponentialMovingAverage(model, momentum=0.999)
@@ -25,12 +29,18 @@ from torch import nn
 
 from kexue._checks import fraction
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _shadow_of(p: torch.Tensor) -> torch.Tensor:
+    return p.detach().to(torch.float32 if p.dtype in LOW_PRECISION else p.dtype, copy=True)
+
 
 class ExponentialMovingAverage:
     """Shadow copies of ``model``'s trainable parameters, updated by ``update()``, swapped in by ``swapped()``.
 
     Args:
-        model: the module whose parameters (those with ``requires_grad``) to average.
+        model: the module whose parameters (those with ``requires_grad`` at construction) to average.
         momentum: beta in [0, 1).
     """
 
@@ -40,37 +50,69 @@ class ExponentialMovingAverage:
         self.momentum = fraction("momentum", momentum, allow_zero=True)
         if self.momentum == 1:
             raise ValueError("`momentum` must be < 1: with momentum 1 the average never moves")
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.shadow = [p.detach().clone() for p in self.params]
+        self.model = model
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.shadow = [_shadow_of(p) for p in self.params]
         self.updates = 0
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The averaged parameters, looked up by name each time: ``model.to(...)`` may replace them."""
+        named = dict(self.model.named_parameters())
+        return [named[name] for name in self.names]
+
+    def _follow_devices(self) -> list[nn.Parameter]:
+        """Move any shadow whose parameter has moved (``model.to(device)`` after construction); the params."""
+        params = self.params
+        for k, (s, p) in enumerate(zip(self.shadow, params)):
+            if s.device != p.device:
+                self.shadow[k] = s.to(p.device)
+        return params
 
     @torch.no_grad()
     def update(self) -> None:
         """One step of the average; the first copies the parameters."""
+        params = [p.detach() if p.dtype == s.dtype else p.detach().to(s.dtype)
+                  for p, s in zip(self._follow_devices(), self.shadow)]
         if self.updates == 0:
-            torch._foreach_copy_(self.shadow, [p.detach() for p in self.params])
+            torch._foreach_copy_(self.shadow, params)
         else:  # shadow + (1 - beta) (w - shadow) = beta shadow + (1 - beta) w, as AveragedModel computes it
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - self.momentum)
+            torch._foreach_lerp_(self.shadow, params, 1 - self.momentum)
         self.updates += 1
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
         """Averaged parameters in the model for the block; the raw ones restored exactly on exit."""
-        raw = [p.detach().clone() for p in self.params]
+        params = self._follow_devices()
+        raw = [p.detach().clone() for p in params]
         try:
             with torch.no_grad():
-                torch._foreach_copy_(self.params, self.shadow)
+                for p, s in zip(params, self.shadow):
+                    p.copy_(s)
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(self.params, raw)
+                torch._foreach_copy_(params, raw)
 
     def state_dict(self) -> dict:
+        """``{"momentum", "updates", "shadow"}``; the shadows are copies."""
         return {"momentum": self.momentum, "updates": self.updates, "shadow": [s.clone() for s in self.shadow]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output. The momentum must equal this average's (it is not replaced),
+        and every shadow must have its parameter's shape; values go to the parameters' devices."""
+        if not isinstance(state, dict) or not {"momentum", "updates", "shadow"} <= set(state):
+            raise ValueError("`state` must be a dict with keys 'momentum', 'updates', 'shadow' (see state_dict)")
+        if float(state["momentum"]) != self.momentum:
+            raise ValueError(f"`state` was saved with momentum {state['momentum']}, this average has "
+                             f"{self.momentum}: construct it with the saved momentum")
         if len(state["shadow"]) != len(self.shadow):
             raise ValueError(f"state has {len(state['shadow'])} tensors, this average tracks {len(self.shadow)}")
-        self.momentum, self.updates = state["momentum"], state["updates"]
-        for s, value in zip(self.shadow, state["shadow"]):
-            s.copy_(value)
+        for k, (s, value) in enumerate(zip(self.shadow, state["shadow"])):
+            if tuple(value.shape) != tuple(s.shape):
+                raise ValueError(f"state tensor {k} has shape {tuple(value.shape)}, the parameter has {tuple(s.shape)}")
+        self._follow_devices()
+        with torch.no_grad():
+            for s, value in zip(self.shadow, state["shadow"]):
+                s.copy_(value)
+        self.updates = int(state["updates"])
