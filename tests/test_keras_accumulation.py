@@ -109,6 +109,18 @@ def test_bad_arguments():
         GradientAccumulation(keras.optimizers.Adam(), 2, clipnorm=1.0)
 
 
+def test_lookahead_inside_the_accumulation_counts_updates():
+    """GradientAccumulation(Lookahead(...)) is the big-batch Lookahead; the other order is refused."""
+    from kexue.keras import Lookahead
+
+    big = fit(Lookahead(keras.optimizers.Adam(1e-2), sync_period=3), batch_size=32)
+    ours = fit(GradientAccumulation(Lookahead(keras.optimizers.Adam(1e-2), sync_period=3), steps=4), batch_size=8)
+    assert int(ours.optimizer.iterations) == 10  # the inner Adam's updates, as with batches of 32
+    assert diff(big, ours) < 1e-5
+    with pytest.raises(ValueError, match="outermost"):
+        Lookahead(GradientAccumulation(keras.optimizers.Adam(1e-2), steps=4))
+
+
 @only_once
 def test_the_other_backend():
     rerun_under_other_backend(__file__, BACKEND)

@@ -168,3 +168,196 @@ def test_bad_optimizer():
     inner = GradientAccumulation(torch.optim.SGD(make_model().parameters(), lr=0.1), 2)
     with pytest.raises(ValueError, match="already a GradientAccumulation"):
         GradientAccumulation(inner, 2)
+
+
+# --- the wrapper in real training loops: clipping, GradScaler, schedulers, checkpoints, composition ---
+
+
+def big_batch_loop(model, opt, x, y, batch, clip=None, scaler=None, schedule=None):
+    """The reference: one update per batch, clipped / scaled / scheduled as usual."""
+    for start in range(0, len(x), batch):
+        loss = F.cross_entropy(model(x[start:start + batch]), y[start:start + batch])
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(opt)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        if schedule:
+            schedule.step()
+        opt.zero_grad()
+
+
+def accumulated_loop(model, opt, x, y, micro, clip=None, scaler=None, schedule=None, seen=None):
+    """The loop of the docstring: clip, unscale, scaler.step/update and the scheduler only when syncing."""
+    for start in range(0, len(x), micro):
+        loss = F.cross_entropy(model(x[start:start + micro]), y[start:start + micro])
+        (scaler.scale(loss) if scaler else loss).backward()
+        if opt.sync_gradients:
+            if seen is not None:
+                seen.append([p.grad.clone() for p in model.parameters()])
+            if scaler:
+                scaler.unscale_(opt)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if schedule:
+                schedule.step()
+        else:
+            opt.step()
+        opt.zero_grad()
+
+
+def test_sync_gradients_marks_the_last_micro_batch():
+    opt = GradientAccumulation(torch.optim.SGD(make_model().parameters(), lr=0.1), 3)
+    flags = []
+    for _ in range(7):
+        flags.append(opt.sync_gradients)
+        opt.step()
+    assert flags == [False, False, True, False, False, True, False]
+    assert GradientAccumulation(torch.optim.SGD(make_model().parameters(), lr=0.1), 1).sync_gradients
+
+
+def test_grad_holds_the_mean_gradient_when_syncing():
+    x, y = make_data(32)
+    big, acc = make_model(), make_model()
+    F.cross_entropy(big(x), y).backward()
+    seen = []
+    accumulated_loop(acc, GradientAccumulation(torch.optim.SGD(acc.parameters(), lr=0.0), 4), x, y, 8, seen=seen)
+    assert max((p.grad - g).abs().max().item() for p, g in zip(big.parameters(), seen[0])) < 1e-15
+
+
+@pytest.mark.parametrize("steps", [3, 4])
+def test_clipping_when_syncing_is_big_batch_clipping(steps):
+    x, y = make_data(24 * steps * 4)
+    big, acc = make_model(), make_model()
+    clip = 0.05  # below every batch gradient's norm (about 0.3 to 1): every update is clipped
+    big_batch_loop(big, torch.optim.SGD(big.parameters(), lr=0.5), x, y, 24 * steps, clip=clip)
+    accumulated_loop(acc, GradientAccumulation(torch.optim.SGD(acc.parameters(), lr=0.5), steps), x, y, 24, clip=clip)
+    assert diff(big, make_model()) > 1e-2
+    assert diff(big, acc) < 1e-13
+
+
+def test_scheduler_steps_once_per_update():
+    x, y = make_data(192)
+    big, acc = make_model(), make_model()
+    opt_big = torch.optim.Adam(big.parameters(), lr=1e-2)
+    big_batch_loop(big, opt_big, x, y, 32, schedule=torch.optim.lr_scheduler.ExponentialLR(opt_big, 0.7))
+    opt = GradientAccumulation(torch.optim.Adam(acc.parameters(), lr=1e-2), 4)
+    accumulated_loop(acc, opt, x, y, 8, schedule=torch.optim.lr_scheduler.ExponentialLR(opt, 0.7))
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.7**6, rel=1e-12)
+    assert diff(big, acc) < 1e-12
+
+
+def test_grad_scaler_loop_matches_the_big_batch_and_skips_a_cycle_with_inf():
+    x, y = make_data(256)
+    x[100] = float("inf")  # in the 4th batch of 32 (micro-batch 13 of 8): that update must be skipped
+    big, acc = make_model(), make_model()
+
+    def scaler():  # growth every 2 good updates, so the scale changes during the run
+        return torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+
+    s_big, s_acc = scaler(), scaler()
+    big_batch_loop(big, torch.optim.Adam(big.parameters(), 1e-2), x, y, 32, clip=0.5, scaler=s_big)
+    opt = GradientAccumulation(torch.optim.Adam(acc.parameters(), 1e-2), 4)
+    accumulated_loop(acc, opt, x, y, 8, clip=0.5, scaler=s_acc)
+    assert s_big.get_scale() == s_acc.get_scale() != 2.0**12
+    assert all(s["step"].item() == 7 for s in opt.state.values())  # 8 cycles, one skipped
+    assert torch.isfinite(next(acc.parameters())).all() and diff(big, acc) < 1e-12
+
+
+def test_grad_scaler_without_unscale_is_unscaled_by_the_wrapper():
+    x, y = make_data(128)
+    big, acc = make_model(), make_model()
+    s_big, s_acc = torch.amp.GradScaler("cpu", init_scale=2.0**10), torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    s_big.scale(F.cross_entropy(big(x), y)).backward()
+    opt_big = torch.optim.SGD(big.parameters(), lr=0.1)
+    s_big.step(opt_big)
+    opt = GradientAccumulation(torch.optim.SGD(acc.parameters(), lr=0.1), 4)
+    for start in range(0, 128, 32):
+        s_acc.scale(F.cross_entropy(acc(x[start:start + 32]), y[start:start + 32])).backward()
+        s_acc.step(opt) if opt.sync_gradients else opt.step()
+    assert diff(big, acc) < 1e-12
+
+
+def test_grad_scaler_step_mid_cycle_is_refused():
+    x, y = make_data(8)
+    model = make_model()
+    opt = GradientAccumulation(torch.optim.SGD(model.parameters(), lr=0.1), 4)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(F.cross_entropy(model(x), y)).backward()
+    with pytest.raises(RuntimeError, match="sync_gradients"):
+        scaler.step(opt)
+
+
+def test_checkpoint_mid_cycle_resumes_exactly(tmp_path):
+    """state_dict() holds the partial sums: a fresh model and optimizer resume 2 micro-batches into a cycle."""
+    x, y = make_data(128)
+    model = make_model()
+    opt = GradientAccumulation(torch.optim.Adam(model.parameters(), 1e-2), 4)
+    run(model, opt, x[:48], y[:48], micro=8)  # 6 micro-batches: one update, 2 into the next cycle
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    run(model, opt, x[48:], y[48:], micro=8)
+
+    saved = torch.load(tmp_path / "ckpt.pt")
+    assert saved["opt"]["micro_step"] == 2 and len(saved["opt"]["partial"]) == 4
+    resumed = make_model(seed=5)
+    resumed.load_state_dict(saved["model"])
+    resumed_opt = GradientAccumulation(torch.optim.Adam(resumed.parameters(), 1e-2), 4)
+    resumed_opt.load_state_dict(saved["opt"])
+    run(resumed, resumed_opt, x[48:], y[48:], micro=8)
+    assert diff(model, resumed) == 0.0
+
+
+def test_state_dict_at_a_boundary_has_no_partial_sums_and_clears_grads_on_load():
+    x, y = make_data(32)
+    model = make_model()
+    opt = GradientAccumulation(torch.optim.SGD(model.parameters(), lr=0.1), 4)
+    run(model, opt, x, y, micro=8)
+    state = opt.state_dict()
+    assert state["micro_step"] == 0 and state["partial"] == []
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.load_state_dict(state)
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="partial"):
+        opt.load_state_dict({**state, "micro_step": 2})
+
+
+def test_lookahead_around_accumulation_is_refused_and_the_other_order_is_exact():
+    from kexue.torch import Lookahead
+
+    model = make_model()
+    with pytest.raises(ValueError, match="outermost"):
+        Lookahead(GradientAccumulation(torch.optim.Adam(model.parameters(), 1e-2), 4), sync_period=2)
+    x, y = make_data(256)
+    big, acc = make_model(), make_model()
+    run(big, Lookahead(torch.optim.Adam(big.parameters(), 1e-2), sync_period=3), x, y, micro=32)
+    opt = GradientAccumulation(Lookahead(torch.optim.Adam(acc.parameters(), 1e-2), sync_period=3), 4)
+    run(acc, opt, x, y, micro=8)
+    assert opt.optimizer.inner_steps == 8
+    assert diff(big, acc) < 1e-12
+
+
+def test_a_newer_wrapper_takes_over_the_parameters():
+    x, y = make_data(32)
+    model, big = make_model(), make_model()
+    GradientAccumulation(torch.optim.SGD(model.parameters(), lr=0.1), 2)  # dropped at once
+    keep = GradientAccumulation(torch.optim.SGD(model.parameters(), lr=0.1), 2)
+    opt = GradientAccumulation(torch.optim.SGD(model.parameters(), lr=0.1), 4)  # this one scales by 1/4
+    run(model, opt, x, y, micro=8)
+    run(big, torch.optim.SGD(big.parameters(), lr=0.1), x, y, micro=32)
+    assert keep.steps == 2 and diff(big, model) < 1e-14
+    del keep, opt
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()  # no live wrapper: the gradient is the plain one
+    F.cross_entropy(big(x), y).backward()
+    assert max((p.grad - q.grad).abs().max().item() for p, q in zip(model.parameters(), big.parameters())) < 1e-14

@@ -43,6 +43,7 @@ class GradientAccumulation(OptimizerWrapper):
     """
 
     _config_keys = ("steps",)
+    _updates_every_step = False
 
     def __init__(self, optimizer: keras.optimizers.Optimizer, steps: int, name: str | None = None, **kwargs: Any):
         if isinstance(optimizer, keras.optimizers.Optimizer) and optimizer.gradient_accumulation_steps:
@@ -65,9 +66,23 @@ class GradientAccumulation(OptimizerWrapper):
         """How many micro-batch gradients have been received in all."""
         return self._iterations
 
+    def _overwrite_with_gradients(self, grads: list[Any], variables: list[keras.Variable]) -> None:
+        """Variables whose "gradient" is their next value (float8 scaling factors) are not averaged:
+        as in Keras's own accumulation, the running slot keeps the elementwise maximum (starting from
+        zero) and the variable takes it at the update, unchanged in between."""
+        is_update = ops.equal((self._iterations + 1) % self.steps, 0)
+        for g, v in zip(grads, variables):
+            acc = self._gradient_sums[self._get_variable_index(v)]
+            largest = ops.maximum(g, acc)
+            v.assign(ops.where(is_update, largest, v.value))
+            acc.assign(ops.where(is_update, ops.zeros_like(acc), largest))
+
     def apply(self, grads: list[Any], trainable_variables: list[keras.Variable] | None = None) -> None:
+        if len(grads) == 0:  # a no-op, as for Keras's optimizers
+            return
         grads, variables = self._gradients_and_variables(grads, trainable_variables)
-        if not grads:
+        if not grads:  # only overwritten variables: the micro-batch still counts
+            self._iterations.assign_add(1)
             return
         sums = [self._gradient_sums[self._get_variable_index(v)] for v in variables]
 
