@@ -4,7 +4,10 @@
    against dense torch.optim.Adam (aim: at least 10x faster per step) and torch.optim.SparseAdam (aim:
    within 1.5x);
 2. kexue.torch.Lookahead's step-time overhead over its inner optimizer (aim: at most 1.15x), on the MLP
-   of chapter 1's benchmark, and kexue.keras.Lookahead's over the bare Keras optimizer in model.fit.
+   of chapter 1's benchmark, and kexue.keras.Lookahead's over the bare Keras optimizer in model.fit;
+3. kexue.keras.LazyOptimizer(Adam) against Keras's dense Adam on the same table, on both Keras backends
+   (the wrapper runs the dense update and then restores absent rows, so it is expected to be slower; the
+   row reports by how much).
 
 Contenders alternate, repeated; the ratio of the medians is reported. Run from the repository root:
 ``python benchmarks/lookahead_lazy.py``.
@@ -112,14 +115,47 @@ def keras_lookahead_times(repeats: int) -> dict:
     return {"backend": keras.backend.backend(), **{k: statistics.median(v) for k, v in times.items()}}
 
 
+def keras_lazy_times(vocab: int, repeats: int) -> dict:
+    import keras
+    import numpy as np
+
+    from kexue.keras import LazyOptimizer
+
+    ids = (np.random.default_rng(0).zipf(1.1, size=(16, 1024)) - 1) % vocab
+    setups = {}
+    for name, make in (("Adam", lambda: keras.optimizers.Adam(1e-3)),
+                       ("LazyOptimizer(Adam)", lambda: LazyOptimizer(keras.optimizers.Adam(1e-3)))):
+        setups[name] = (keras.Variable(np.zeros((vocab, 64), "float32"), name="embeddings"), make())
+    grad = np.zeros((vocab, 64), "float32")
+    times = {name: [] for name in setups}
+    for r in range(repeats + 2):
+        grad[:] = 0.0
+        grad[ids[r % len(ids)]] = 1.0  # the rows of one batch of ids
+        g = keras.ops.convert_to_tensor(grad)
+        for name, (table, opt) in setups.items():
+            start = time.perf_counter()
+            opt.apply([g], [table])
+            keras.ops.convert_to_numpy(table[0])  # wait for the update
+            if r >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {"backend": keras.backend.backend(), **{k: statistics.median(v) for k, v in times.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--vocab", type=int, default=1_000_000)
-    parser.add_argument("--child", choices=["keras"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["keras", "keras-lazy"], help=argparse.SUPPRESS)
+    parser.add_argument("--only-keras-lazy", action="store_true", help="run part 3 only")
     args = parser.parse_args()
     if args.child == "keras":
         print(json.dumps(keras_lookahead_times(max(3, args.repeats // 3))))
+        return
+    if args.child == "keras-lazy":
+        print(json.dumps(keras_lazy_times(args.vocab, args.repeats)))
+        return
+    if args.only_keras_lazy:
+        keras_lazy_table(args)
         return
 
     import torch
@@ -143,6 +179,20 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| Keras ({r['backend']} backend), same MLP in model.fit | {1e3 * r['Adam']:.3f} | "
               f"{1e3 * r['Lookahead(Adam)']:.3f} | {r['Lookahead(Adam)'] / r['Adam']:.3f} |")
+    keras_lazy_table(args)
+
+
+def keras_lazy_table(args: argparse.Namespace) -> None:
+    print(f"\n| Keras, embedding {args.vocab:,} x 64, one batch of 1,024 ids | Adam (ms / step) | "
+          "LazyOptimizer(Adam) (ms / step) | lazy / dense |")
+    print("|---|---|---|---|")
+    for backend in ("tensorflow", "torch"):
+        out = subprocess.run([sys.executable, __file__, "--child", "keras-lazy", "--repeats", str(args.repeats),
+                              "--vocab", str(args.vocab)],
+                             capture_output=True, text=True, check=True, env={**os.environ, "KERAS_BACKEND": backend})
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {r['backend']} backend, `opt.apply` | {1e3 * r['Adam']:.1f} | {1e3 * r['LazyOptimizer(Adam)']:.1f} | "
+              f"{r['LazyOptimizer(Adam)'] / r['Adam']:.2f}x |")
 
 
 if __name__ == "__main__":

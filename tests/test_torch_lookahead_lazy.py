@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kexue.lookahead import lookahead_sgd_reference, lookahead_steady_variance, sgd_steady_variance
+from kexue.lookahead import (lookahead_contraction, lookahead_sgd_reference, lookahead_steady_variance,
+                             noisy_quadratic_floor, noisy_quadratic_loss_curve, sgd_steady_variance)
 from kexue.torch import LazyAdam, Lookahead
 
 
@@ -99,6 +100,26 @@ def test_swapped_puts_the_slow_weights_in_and_restores_the_fast_ones():
     assert w.item() == 4.0  # restored on an exception too
 
 
+def test_lookahead_survives_deepcopy_pickle_and_torch_save(tmp_path):
+    """A copy mid-round carries the slow weights and the step count, and keeps stepping like the original."""
+    import io
+    import pickle
+
+    model, x, y = model_and_data()
+    opt = Lookahead(torch.optim.Adam(model.parameters(), 1e-2), 5, 0.5)
+    train(model, opt, x, y, 0, 7)  # two inner steps past a synchronisation
+    buffer = io.BytesIO()
+    torch.save({"model": model, "opt": opt}, buffer)
+    copies = [copy.deepcopy({"model": model, "opt": opt}), pickle.loads(pickle.dumps({"model": model, "opt": opt})),
+              torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)]
+    train(model, opt, x, y, 7, 20)
+    for c in copies:
+        assert c["opt"].inner_steps == 7 and c["opt"].optimizer.param_groups[0]["params"][0] is next(c["model"].parameters())
+        train(c["model"], c["opt"], x, y, 7, 20)
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), c["model"].parameters()))
+        assert all(torch.equal(p, q) for p, q in zip(opt.slow_weights(), c["opt"].slow_weights()))
+
+
 def test_steady_state_variance_formula_is_below_sgd():
     for lr in (0.05, 0.5, 1.5):
         v_sgd = sgd_steady_variance(lr, 1.0, 1.0)
@@ -106,6 +127,25 @@ def test_steady_state_variance_formula_is_below_sgd():
     assert lookahead_steady_variance(0.1, 1.0, 1.0, 5, 1.0) == pytest.approx(sgd_steady_variance(0.1, 1.0, 1.0))
     with pytest.raises(ValueError, match="diverges"):
         sgd_steady_variance(2.5, 1.0, 1.0)
+
+
+def test_noisy_quadratic_curve_is_the_round_recursion_and_tends_to_the_floor():
+    h = np.geomspace(1.0, 0.01, 7)
+    s2, x0, lr, k, alpha = 1.0 / h, 1.0 / np.sqrt(h), 0.3, 5, 0.6
+    beta = 1 - lr * h
+    r = np.array([lookahead_contraction(lr, a, k, alpha) for a in h])
+    noise = alpha**2 * lr**2 * h**2 * s2 * (1 - beta ** (2 * k)) / (1 - beta**2)  # eq. inner-round
+    mean, var, expected = x0.copy(), np.zeros_like(h), []
+    for _ in range(50):
+        mean, var = r * mean, r * r * var + noise
+        expected.append(0.5 * np.sum(h * (mean**2 + var)))
+    assert np.allclose(noisy_quadratic_loss_curve(h, s2, x0, lr, 50, k, alpha), expected, rtol=1e-12)
+    long = noisy_quadratic_loss_curve(h, s2, np.zeros_like(h), lr, 20_000, k, alpha)[-1]
+    assert long == pytest.approx(noisy_quadratic_floor(h, s2, lr, k, alpha), rel=1e-9)
+    single = [lookahead_steady_variance(lr, a, b, k, alpha) for a, b in zip(h, s2)]
+    assert noisy_quadratic_floor(h, s2, lr, k, alpha) == pytest.approx(0.5 * np.sum(h * single), rel=1e-12)
+    with pytest.raises(ValueError, match="diverges"):
+        noisy_quadratic_floor(h, s2, 2.5, k, alpha)
 
 
 def embedding_run(opt_class, sparse, steps=40, **kwargs):

@@ -116,22 +116,19 @@ def noisy_quadratic_loss_curve(
 ) -> np.ndarray:
     """Expected excess loss sum_i 0.5 h_i (E[x_i]^2 + Var x_i) after each of ``rounds`` rounds, eq. ``nq-loss``.
 
-    Exact recursion of eqs. ``inner-round`` and ``la-contraction``: per round the mean is multiplied by
-    r = 1 - alpha (1 - beta^k) and the variance becomes r^2 V + alpha^2 V_SGD (1 - beta^{2k}), starting from
-    the deterministic point ``start``. Returns shape (rounds,); entry j is the loss after (j + 1) k inner steps.
+    Per round the mean is multiplied by r = 1 - alpha (1 - beta^k) (eq. ``la-contraction``) and the variance
+    becomes r^2 V + alpha^2 V_SGD (1 - beta^{2k}) (eq. ``inner-round``), from the deterministic point
+    ``start``; in closed form E x_j = r^j x_0 and Var x_j = V_LA (1 - r^{2j}). Returns shape (rounds,); entry
+    j is the loss after (j + 1) k inner steps. ``slow_step_size=1`` is SGD.
     """
     h, s2, beta = _quadratic_arrays(curvatures, noise_variances, lr)
     k = positive_int("sync_period", sync_period)
     alpha = fraction("slow_step_size", slow_step_size)
     rounds = positive_int("rounds", rounds)
-    mean = np.broadcast_to(np.asarray(start, dtype=np.float64), h.shape).copy()
+    start = np.broadcast_to(np.asarray(start, dtype=np.float64), h.shape)
     beta_k = beta**k
-    r = 1.0 - alpha * (1.0 - beta_k)
-    noise = alpha**2 * lr**2 * h**2 * s2 * (1 - beta_k**2) / (1 - beta**2)
-    variance = np.zeros_like(h)
-    curve = np.empty(rounds)
-    for j in range(rounds):
-        mean = r * mean
-        variance = r * r * variance + noise
-        curve[j] = 0.5 * np.sum(h * (mean**2 + variance))
-    return curve
+    r2 = (1.0 - alpha * (1.0 - beta_k)) ** 2
+    v_sgd = lr**2 * h**2 * s2 / (1 - beta**2)
+    v_la = v_sgd * alpha * (1 + beta_k) / (2 - alpha * (1 - beta_k))
+    decay = r2[None, :] ** np.arange(1, rounds + 1)[:, None]
+    return 0.5 * (decay * start**2 + (1 - decay) * v_la) @ h
