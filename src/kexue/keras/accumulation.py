@@ -24,9 +24,13 @@ class GradientAccumulation(OptimizerWrapper):
     Between updates the weights do not move and the inner optimizer's state (moments, iteration
     count, learning-rate schedule) does not advance, so schedules and weight decay count updates.
 
+    Variables marked ``overwrite_with_gradient`` (float8 scaling factors) are not averaged: as in
+    Keras's own accumulation, they take the maximum of their values over the cycle at the update.
+
     Args:
         optimizer: the ``keras.optimizers.Optimizer`` instance to wrap (without its own
-            ``gradient_accumulation_steps``).
+            ``gradient_accumulation_steps``). A wrapper that counts steps (``Lookahead``) goes inside:
+            ``GradientAccumulation(Lookahead(Adam(...)), n)``; the other order is refused.
         steps: number of micro-batches per update, an integer >= 1 (1 is a plain pass-through).
         name: optional name of this optimizer.
 
