@@ -139,3 +139,18 @@ def test_weight_average_follows_the_model_to_the_device():
         model.weight.add_(1.0)
     ema.update()
     assert on_device(*[t for t in ema.state_dict().values() if isinstance(t, torch.Tensor)])
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="host synchronisation is observable on a CUDA device only")
+def test_hot_paths_make_no_host_synchronisation():
+    """The training paths that claim no host round trip: torch raises on any synchronising call inside."""
+    quantizer = VectorQuantizer(16, 4, ema_decay=0.9, dead_code_threshold=0.5).to(DEVICE)
+    z, logits = torch.randn(8, 4, 3, 3, device=DEVICE), torch.randn(32, 7, device=DEVICE)
+    quantizer(z)  # the first call may initialise lazily
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        quantizer(z)
+        gumbel_softmax(logits, 0.5, hard=True, generator=generator(9), validate=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
