@@ -7,6 +7,10 @@
    random shift and pixel noise) with 1 and 4 workers, threads and processes, against a plain loop that builds
    the same batches in the main thread, and against ``fit`` on in-memory arrays without augmentation.
 
+3. What ``record`` costs when no capture is open: forward time of ``kexue.torch.SelfAttention`` (which marks its
+   attention matrix with ``record``) against the same module without the ``record`` call, batch 8 x 32 x 64, and
+   the time of one bare ``record`` call.
+
 Contenders alternate; ratios of medians. Run from the repository root: ``python benchmarks/keras_cooler.py``.
 """
 
@@ -115,6 +119,44 @@ def data_throughput(repeats: int) -> dict:
             "times": {k: statistics.median(v) for k, v in times.items()}}
 
 
+def record_cost(repeats: int) -> dict:
+    import math
+
+    import torch
+
+    from kexue.capture import record
+    from kexue.torch import SelfAttention
+
+    class Unmarked(SelfAttention):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.ndim != 3:
+                raise ValueError("expects (batch, length, features)")
+            scores = self.query(x) @ self.key(x).transpose(1, 2) / math.sqrt(self.units)
+            return torch.softmax(scores, dim=-1) @ self.value(x)
+
+    torch.manual_seed(0)
+    marked, plain = SelfAttention(64, 64), Unmarked(64, 64)
+    plain.load_state_dict(marked.state_dict())
+    x, calls = torch.randn(8, 32, 64), 200
+    contenders = {"marked": marked, "unmarked": plain}
+    times = {name: [] for name in contenders}
+    with torch.no_grad():
+        assert torch.equal(marked(x), plain(x))
+        for _ in range(repeats):
+            for name, module in contenders.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    module(x)
+                times[name].append((time.perf_counter() - start) / calls)
+    bare = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(10_000):
+            record("a", x)
+        bare.append((time.perf_counter() - start) / 10_000)
+    return {**{k: statistics.median(v) for k, v in times.items()}, "record": statistics.median(bare)}
+
+
 def child(kind: str, repeats: int, backend: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", kind, "--repeats", str(repeats)],
                          capture_output=True, text=True, check=True, env={**os.environ, "KERAS_BACKEND": backend})
@@ -124,13 +166,16 @@ def child(kind: str, repeats: int, backend: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--child", choices=["ema", "data"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ema", "data", "record"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "ema":
         print(json.dumps(ema_times(args.repeats)))
         return
     if args.child == "data":
         print(json.dumps(data_throughput(args.repeats)))
+        return
+    if args.child == "record":
+        print(json.dumps(record_cost(args.repeats)))
         return
     import keras
 
@@ -150,6 +195,13 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, t in r["times"].items():
         print(f"| {name} | {t:.3f} | {r['n'] / t:,.0f} | {base / t:.2f}x |")
+    r = child("record", args.repeats, "torch")
+    print("\n| SelfAttention forward, torch, 8 x 32 x 64, no capture open | microseconds / call |")
+    print("|---|---|")
+    print(f"| without `record` | {1e6 * r['unmarked']:.1f} |")
+    print(f"| with `record` | {1e6 * r['marked']:.1f} |")
+    print(f"| ratio with / without | {r['marked'] / r['unmarked']:.3f} |")
+    print(f"| one bare `record` call | {1e6 * r['record']:.2f} |")
 
 
 if __name__ == "__main__":
