@@ -52,6 +52,42 @@ def test_gumbel_softmax_rejects_bad_tau(tau):
         gumbel_softmax(torch.zeros(3), tau)
 
 
+def test_gumbel_softmax_rejects_a_subnormal_tau_and_never_overflows_above_it():
+    """1e-40 (subnormal in float32) is rejected; at tau = 1e-30 logits of 1e9 would overflow (logits + g) / tau."""
+    with pytest.raises(ValueError, match="`tau`"):
+        gumbel_softmax(torch.zeros(3), 1e-40)
+    with pytest.raises(ValueError, match="`tau`"):
+        gumbel_softmax(torch.zeros(3), torch.tensor(1e-40, dtype=torch.float64))
+    logits = torch.tensor([[1e9, 0.0, -1e9], [0.0, 1e9, 5.0]], requires_grad=True)
+    for hard in (False, True):
+        y = gumbel_softmax(logits, 1e-30, hard=hard, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(y.detach(), torch.eye(3)[[0, 1]])
+        (y * torch.arange(3.0)).sum().backward()
+        assert torch.isfinite(logits.grad).all()
+        logits.grad = None
+
+
+def test_sample_gumbel_rejects_a_bare_integer_shape():
+    with pytest.raises(TypeError, match="`shape`"):
+        sample_gumbel(5)
+    with pytest.raises(ValueError, match="`shape`"):
+        sample_gumbel((2, -1))
+    assert sample_gumbel((5,)).shape == (5,) and sample_gumbel(torch.Size([2, 3])).shape == (2, 3)
+
+
+def test_score_function_surrogate_holds_f_and_the_baseline_constant():
+    """Gradient flows only through log_prob: f and b may depend on parameters (a learned f, a critic) but must
+    not be differentiated through."""
+    theta = torch.tensor([0.3, -0.2], requires_grad=True)
+    phi = torch.tensor(2.0, requires_grad=True)  # a parameter of f and of the baseline only
+    log_prob = torch.log_softmax(theta, 0)
+    f_values = phi * torch.tensor([1.0, 3.0])
+    surrogate = score_function_surrogate(log_prob, f_values, baseline=0.5 * phi)
+    g_theta, g_phi = torch.autograd.grad(surrogate, (theta, phi), allow_unused=True, retain_graph=True)
+    assert g_phi is None
+    assert torch.allclose(g_theta, torch.autograd.grad(((f_values - 0.5 * phi).detach() * log_prob).mean(), theta)[0])
+
+
 @pytest.mark.parametrize("tau", ["1", True, None, torch.ones(2), torch.tensor(1)])
 def test_gumbel_softmax_rejects_tau_of_a_wrong_type(tau):
     with pytest.raises(TypeError, match="`tau`"):

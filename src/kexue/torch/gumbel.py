@@ -73,7 +73,12 @@ def sample_gumbel(shape: torch.Size | tuple[int, ...], *, dtype: torch.dtype = t
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"`dtype` must be a floating-point torch.dtype, got {dtype!r}")
-    return _noise(torch.Size(shape), _work_dtype(dtype), device, generator).to(dtype)
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in shape):
+        raise TypeError(f"`shape` must be a tuple of integers such as (5,), got {type(shape).__name__} {shape!r}")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"`shape` must not have negative sizes, got {tuple(shape)!r}")
+    return _noise(torch.Size([int(n) for n in shape]), _work_dtype(dtype), device, generator).to(dtype)
 
 
 def check_logits(logits: torch.Tensor, dim: int = -1, validate: bool = True) -> torch.Tensor:
@@ -128,18 +133,23 @@ def probs_to_logits(probs: torch.Tensor, atol: float | None = None, dim: int = -
     return torch.log(probs)
 
 
+# The smallest temperature accepted: the smallest normal float32. Below it 1/tau overflows float32 and the
+# relaxed sample's backward pass (which divides by tau) gives inf or NaN.
+TAU_MIN = torch.finfo(torch.float32).tiny
+
+
 def _check_tau(tau: float | torch.Tensor, validate: bool) -> float | torch.Tensor:
     if isinstance(tau, torch.Tensor):
         if tau.dim() != 0 or not torch.is_floating_point(tau):
             raise TypeError(f"`tau` must be a real number or a 0-d floating-point tensor, got a tensor of shape "
                             f"{tuple(tau.shape)} and dtype {tau.dtype}")
-        if validate and not bool(torch.isfinite(tau) & (tau > 0)):
-            raise ValueError(f"`tau` must be finite and > 0, got {tau.item()!r}")
+        if validate and not bool(torch.isfinite(tau) & (tau >= TAU_MIN)):
+            raise ValueError(f"`tau` must be finite and >= {TAU_MIN:.3g}, got {tau.item()!r}")
         return tau
     if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
         raise TypeError(f"`tau` must be a real number or a 0-d floating-point tensor, got {type(tau).__name__} {tau!r}")
-    if not (math.isfinite(tau) and tau > 0):
-        raise ValueError(f"`tau` must be finite and > 0, got {tau!r}")
+    if not (math.isfinite(tau) and tau >= TAU_MIN):
+        raise ValueError(f"`tau` must be finite and >= {TAU_MIN:.3g}, got {tau!r}")
     return float(tau)
 
 
@@ -159,7 +169,7 @@ def gumbel_softmax(logits: torch.Tensor, tau: float | torch.Tensor, hard: bool =
     the Gumbel-Max sample argmax(logits + g), an exact categorical sample at every tau, and the gradient is
     that of the relaxed sample from the same noise. Classes with logit -inf get exactly 0. The sample is
     computed in float32 (float64 for float64 logits) and returned in the logits' dtype; ``tau`` may be a
-    number or a 0-d tensor (a learnable temperature).
+    number or a 0-d tensor (a learnable temperature), at least ``TAU_MIN`` (the smallest normal float32).
     """
     check_logits(logits, dim, validate)
     tau = _check_tau(tau, validate)
@@ -167,7 +177,9 @@ def gumbel_softmax(logits: torch.Tensor, tau: float | torch.Tensor, hard: bool =
         raise TypeError(f"`hard` must be a bool, got {type(hard).__name__} {hard!r}")
     work = _work_dtype(logits.dtype)
     perturbed = logits.to(work) + _noise(logits.shape, work, logits.device, generator)
-    soft = torch.softmax(perturbed / tau, dim=dim)
+    # Shift by the (constant) row maximum before dividing by tau, so that perturbed / tau cannot overflow to
+    # inf - inf = NaN however small tau is; softmax is shift-invariant, so value and gradient are unchanged.
+    soft = torch.softmax((perturbed - perturbed.detach().amax(dim=dim, keepdim=True)) / tau, dim=dim)
     if hard:
         index = perturbed.argmax(dim=dim, keepdim=True)  # the Gumbel-Max sample, not argmax of rounded soft
         one_hot = torch.zeros_like(soft).scatter_(dim, index, 1.0)
