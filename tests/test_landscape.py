@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from kexue.landscape import hessian_vector_product, probe_gradient_direction, top_hessian_eigenvalue
+from kexue.landscape import (hessian_eigenvalues, hessian_operator, hessian_vector_product, power_iteration_eigenvalue,
+                             probe_gradient_direction, top_hessian_eigenvalue)
 
 
 def quadratic(eigenvalues, seed=0):
@@ -18,9 +19,68 @@ def quadratic(eigenvalues, seed=0):
 
 def test_top_eigenvalue_of_a_quadratic():
     a, x, loss = quadratic([0.5, 2.0, 7.0, 3.0])
-    assert top_hessian_eigenvalue(loss, [x], iters=500, tol=1e-10) == pytest.approx(7.0, rel=1e-6)
+    assert power_iteration_eigenvalue(loss, [x], iters=500, tol=1e-10) == pytest.approx(7.0, rel=1e-6)
+    assert top_hessian_eigenvalue(loss, [x], tol=1e-10) == pytest.approx(7.0, rel=1e-8)
     v = torch.randn(4, dtype=torch.float64)
     assert torch.allclose(hessian_vector_product(loss, [x], [v])[0], a @ v)
+    op = hessian_operator(loss, [x])
+    assert np.allclose(op.matvec(v.numpy()), (a @ v).numpy())
+
+
+def test_both_ends_of_an_indefinite_spectrum():
+    """Power iteration returns the largest |lambda| (here negative); Lanczos returns both ends."""
+    _, x, loss = quadratic([-9.0, -1.0, 0.5, 2.0, 4.0, 6.0], seed=3)
+    assert power_iteration_eigenvalue(loss, [x], iters=2000, tol=1e-12) == pytest.approx(-9.0, rel=1e-6)
+    low, high = hessian_eigenvalues(loss, [x], tol=1e-10)
+    assert low == pytest.approx(-9.0, rel=1e-8) and high == pytest.approx(6.0, rel=1e-8)
+    assert top_hessian_eigenvalue(loss, [x], tol=1e-10) == pytest.approx(6.0, rel=1e-8)
+    low, high = hessian_eigenvalues(loss, [x], which="smallest", tol=1e-10)
+    assert low == pytest.approx(-9.0, rel=1e-8) and np.isnan(high)
+
+
+def test_power_iteration_with_few_steps_is_biased_low_and_lanczos_is_not():
+    """Close top eigenvalues slow power iteration down: 30 products underestimate lambda_max."""
+    eigenvalues = list(np.linspace(0.1, 9.5, 60)) + [10.0]
+    _, x, loss = quadratic(eigenvalues, seed=1)
+    few = power_iteration_eigenvalue(loss, [x], iters=30, tol=1e-3)
+    assert few < 10.0 * (1 - 1e-3)
+    assert top_hessian_eigenvalue(loss, [x], tol=1e-8) == pytest.approx(10.0, rel=1e-7)
+
+
+def test_lanczos_agrees_with_the_dense_hessian_of_a_network():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    xb, yb = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    params = list(net.parameters())
+    shapes = [p.shape for p in params]
+
+    def loss_of_flat(flat):
+        pieces = torch.split(flat, [int(np.prod(s)) for s in shapes])
+        w1, b1, w2, b2 = (p.view(s) for p, s in zip(pieces, shapes))
+        return torch.nn.functional.cross_entropy(torch.tanh(xb @ w1.T + b1) @ w2.T + b2, yb)
+
+    flat0 = torch.cat([p.detach().flatten() for p in params])
+    dense = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of_flat, flat0))
+    low, high = hessian_eigenvalues(lambda: torch.nn.functional.cross_entropy(net(xb), yb), params, tol=1e-10)
+    assert low == pytest.approx(dense[0].item(), rel=1e-6) and high == pytest.approx(dense[-1].item(), rel=1e-6)
+
+
+def test_ends_near_zero_converge_to_tol_times_the_norm():
+    """ARPACK's relative criterion stalls on eigenvalues near zero; the shifted solve does not."""
+    _, x, loss = quadratic([-1e-7, 1e-6, 0.3, 0.5, 1.0, 2.0, 3.0] + [1e-8 * k for k in range(1, 40)], seed=2)
+    low, high = hessian_eigenvalues(loss, [x], tol=1e-6, ncv=8)
+    assert abs(low + 1e-7) < 1e-5 and high == pytest.approx(3.0, rel=1e-6)
+    _, x, loss = quadratic([-4.0, -2.0, -1.0, 1e-9, 2e-9, 3e-9], seed=4)  # dominant end negative
+    low, high = hessian_eigenvalues(loss, [x], tol=1e-8)
+    assert low == pytest.approx(-4.0, rel=1e-8) and abs(high - 3e-9) < 1e-7
+    assert hessian_eigenvalues(loss, [x], which="largest", tol=1e-8)[1] == pytest.approx(high, abs=1e-7)
+
+
+def test_tiny_problems():
+    _, x, loss = quadratic([3.0])
+    assert hessian_eigenvalues(loss, [x]) == pytest.approx((3.0, 3.0))
+    _, x, loss = quadratic([-1.0, 2.0])
+    assert hessian_eigenvalues(loss, [x]) == pytest.approx((-1.0, 2.0))
 
 
 def test_probe_on_a_quadratic_is_exact():
@@ -46,43 +106,11 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="`loss_fn`"):
         top_hessian_eigenvalue(1.0, [x])
     with pytest.raises(ValueError, match="`tol`"):
-        top_hessian_eigenvalue(loss, [x], tol=0)
-    assert np.isfinite(top_hessian_eigenvalue(loss, [x], iters=3))
-
-
-def test_noisy_batchnorm_adds_noise_only_in_training():
-    from kexue.torch import NoisyBatchNorm1d
-
-    layer = NoisyBatchNorm1d(4, noise_std=0.5)
-    x = torch.randn(64, 4)
-    torch.manual_seed(0)
-    a = layer(x)
-    torch.manual_seed(1)
-    b = layer(x)
-    assert not torch.allclose(a, b)
-    layer.eval()
-    assert torch.equal(layer(x), layer(x))
-    with pytest.raises(ValueError, match="noise_std"):
-        NoisyBatchNorm1d(4, noise_std=-1.0)
-
-
-@pytest.mark.parametrize("variant", ["none", "BN", "BN before linear", "noisy BN", "LayerNorm", "none, careful init"])
-def test_network_variants_build_and_run(variant):
-    from kexue.torch import mlp_with_norm, vgg_with_norm
-
-    mlp = mlp_with_norm(variant, 64)
-    assert mlp(torch.randn(8, 64)).shape == (8, 10)
-    cnn = vgg_with_norm(variant, channels=(8, 16))
-    assert cnn(torch.randn(4, 3, 32, 32)).shape == (4, 10)
-    kinds = [type(m).__name__ for m in mlp]
-    if variant == "BN before linear":
-        assert kinds[:3] == ["BatchNorm1d", "Linear", "ReLU"]
-    if variant == "BN":
-        assert kinds[:3] == ["Linear", "BatchNorm1d", "ReLU"]
-
-
-def test_unknown_variant():
-    from kexue.torch import mlp_with_norm
-
-    with pytest.raises(ValueError, match="`variant` must be one of"):
-        mlp_with_norm("GroupNorm", 64)
+        power_iteration_eigenvalue(loss, [x], tol=0)
+    with pytest.raises(ValueError, match="`tol`"):
+        hessian_eigenvalues(loss, [x], tol=-1.0)
+    with pytest.raises(ValueError, match="`which`"):
+        hessian_eigenvalues(loss, [x], which="top")
+    with pytest.raises(TypeError, match="`iters`"):
+        power_iteration_eigenvalue(loss, [x], iters=2.5)
+    assert np.isfinite(power_iteration_eigenvalue(loss, [x], iters=3))

@@ -4,20 +4,28 @@ After S. Santurkar, D. Tsipras, A. Ilyas, A. Madry, "How Does Batch Normalizatio
 NeurIPS 2018; Su Jianlin, "BN究竟起了什么作用?一个闭门造车的分析", 2019-10-11, https://kexue.fm/archives/6992.
 Works for any scalar ``loss_fn()`` (a closure over a model and a batch) and the tensors ``params`` it
 depends on; the parameters are restored after every probe.
+
+The curvature is read off Hessian-vector products (the Hessian is never formed): by power iteration,
+eq. ``power-iteration`` (:func:`power_iteration_eigenvalue`, the derivation), and by scipy's Lanczos solver
+``eigsh`` on a :class:`scipy.sparse.linalg.LinearOperator` (:func:`hessian_eigenvalues`, what the chapter
+measures with), which returns either end of the spectrum.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
 
-from kexue._checks import positive_int
+from kexue._checks import one_of, positive_int
 
 LossFn = Callable[[], torch.Tensor]
+WHICH = ("largest", "smallest", "both")
 
 
 def _check(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -36,6 +44,12 @@ def _check_steps(steps: Sequence[float]) -> list[float]:
     return steps
 
 
+def _check_tol(tol: float) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol > 0:
+        raise ValueError(f"`tol` must be a positive number, got {tol!r}")
+    return float(tol)
+
+
 def gradient(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The gradient of ``loss_fn()`` with respect to ``params`` (detached)."""
     params = _check(loss_fn, params)
@@ -48,9 +62,13 @@ def _shift(params: list[torch.Tensor], direction: list[torch.Tensor], scale: flo
         p.add_(d, alpha=scale)
 
 
+def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.sqrt(sum((t.float() ** 2).sum() for t in tensors))
+
+
 @dataclass
 class Probe:
-    """Losses and gradient changes at ``theta - s * grad`` for each step size s, eqs. ``loss-range`` and ``beta-eff``."""
+    """Losses and gradient changes at ``theta - s * grad`` for each step size s, eq. ``probe``."""
 
     steps: np.ndarray
     losses: np.ndarray
@@ -69,16 +87,16 @@ class Probe:
 
     @property
     def effective_smoothness(self) -> float:
-        """max_s ||grad(theta - s g) - grad(theta)|| / (s ||g||): the effective beta-smoothness."""
+        """max_s ||grad(theta - s g) - grad(theta)|| / (s ||g||): the effective beta-smoothness, eq. ``probe``."""
         return float((self.gradient_changes / (self.steps * self.gradient_norm)).max())
 
 
 def probe_gradient_direction(loss_fn: LossFn, params: Sequence[torch.Tensor], steps: Sequence[float]) -> Probe:
-    """Move from the current parameters along the negative gradient by each step size; record losses and gradients."""
+    """Move from the current parameters along the negative gradient by each step size; record losses and
+    gradient changes (eq. ``probe``). The values stay on the parameters' device until the end of the probe."""
     params = _check(loss_fn, params)
     steps = _check_steps(steps)
     g0 = gradient(loss_fn, params)
-    norm = math.sqrt(sum(float((g * g).sum()) for g in g0))
     losses, changes = [], []
     for s in steps:
         _shift(params, g0, -s)
@@ -86,46 +104,114 @@ def probe_gradient_direction(loss_fn: LossFn, params: Sequence[torch.Tensor], st
             with torch.enable_grad():
                 loss = loss_fn()
                 grads = torch.autograd.grad(loss, params)
-            losses.append(float(loss.detach()))
-            changes.append(math.sqrt(sum(float(((g - h) ** 2).sum()) for g, h in zip(grads, g0))))
+            losses.append(loss.detach().float())
+            changes.append(_norm([g - h for g, h in zip(grads, g0)]))
         finally:
             _shift(params, g0, s)
-    return Probe(np.array(steps), np.array(losses), np.array(changes), norm)
+    values = torch.stack([_norm(g0), *losses, *changes]).cpu().numpy().astype(np.float64)
+    n = len(steps)
+    return Probe(np.array(steps), values[1:1 + n], values[1 + n:], float(values[0]))
 
 
 def hessian_vector_product(loss_fn: LossFn, params: Sequence[torch.Tensor],
                            vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """H v for the Hessian H of ``loss_fn()`` at ``params``, by differentiating <grad, v> once more."""
+    """H v for the Hessian H of ``loss_fn()`` at ``params``, by differentiating <grad, v> once more
+    (eq. ``power-iteration``, last part)."""
     params = _check(loss_fn, params)
     grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
     dot = sum((g * v).sum() for g, v in zip(grads, vector))
     return [h.detach() for h in torch.autograd.grad(dot, params)]
 
 
-def top_hessian_eigenvalue(loss_fn: LossFn, params: Sequence[torch.Tensor], iters: int = 100, tol: float = 1e-6,
-                           generator: torch.Generator | None = None) -> float:
-    """The largest-magnitude Hessian eigenvalue of ``loss_fn()`` w.r.t. ``params``, by power iteration, eq. ``power-iteration``.
+def power_iteration_eigenvalue(loss_fn: LossFn, params: Sequence[torch.Tensor], iters: int = 100,
+                               tol: float = 1e-6, generator: torch.Generator | None = None) -> float:
+    """The Hessian eigenvalue of largest *magnitude* (with its sign) by power iteration, eq. ``power-iteration``.
 
     Iterates v <- H v / ||H v|| from a random start until the Rayleigh quotient v.Hv changes by less than
-    ``tol`` (relative) or ``iters`` products have been taken. For the curvature that limits gradient descent
-    this is the top eigenvalue lambda_max (it dominates in magnitude near a minimum).
+    ``tol`` (relative) or ``iters`` products have been taken. This is the derivation; it converges at the
+    rate |lambda_2 / lambda_1| per product, so a small ``iters`` biases the estimate towards zero, and when the
+    most negative eigenvalue dominates it returns that one. :func:`hessian_eigenvalues` has neither problem.
     """
     params = _check(loss_fn, params)
     iters = positive_int("iters", iters)
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"`tol` must be a positive number, got {tol!r}")
+    tol = _check_tol(tol)
     v = [torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=generator) for p in params]
-    norm = math.sqrt(sum(float((x * x).sum()) for x in v))
+    norm = _norm(v)
     v = [x / norm for x in v]
     value = 0.0
     for i in range(iters):
         hv = hessian_vector_product(loss_fn, params, v)
-        new = float(sum((a * b).sum() for a, b in zip(v, hv)))
-        norm = math.sqrt(sum(float((x * x).sum()) for x in hv))
-        if norm == 0:
+        new = float(sum((a * b).sum() for a, b in zip(v, hv)))  # one host sync per product: the stopping rule
+        norm = _norm(hv)
+        if float(norm) == 0:
             return 0.0
         v = [x / norm for x in hv]
         if i > 0 and abs(new - value) <= tol * max(abs(new), 1e-12):
             return new
         value = new
     return value
+
+
+def hessian_operator(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> LinearOperator:
+    """The Hessian of ``loss_fn()`` at ``params`` as a symmetric scipy ``LinearOperator`` (float64 on the host).
+
+    ``loss_fn`` is evaluated once; every product differentiates the same graph again, so a loss with its own
+    randomness (noisy BN) keeps the draw it made at that one evaluation.
+    """
+    params = _check(loss_fn, params)
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+    sizes = [p.numel() for p in params]
+    n = sum(sizes)
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        flat = torch.as_tensor(np.ravel(x), dtype=params[0].dtype).to(params[0].device)
+        pieces = torch.split(flat, sizes)
+        dot = sum((g * v.view_as(g).to(g.dtype)).sum() for g, v in zip(grads, pieces))
+        hv = torch.autograd.grad(dot, params, retain_graph=True)
+        return torch.cat([h.reshape(-1).double() for h in hv]).cpu().numpy()
+
+    return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64)
+
+
+def hessian_eigenvalues(loss_fn: LossFn, params: Sequence[torch.Tensor], which: str = "both", tol: float = 1e-4,
+                        seed: int = 0, ncv: int | None = None) -> tuple[float, float]:
+    """The smallest and largest Hessian eigenvalues (lambda_min, lambda_max) of ``loss_fn()`` at ``params``.
+
+    scipy's implicitly restarted Lanczos solver (``eigsh``, ARPACK) on :func:`hessian_operator`, started from a
+    fixed random vector (``seed``). It finds lambda_max as the top eigenvalue of H, then lambda_min as
+    c - (the top eigenvalue of c I - H) with c = max(lambda_max, 0): the shifted spectrum is >= 0 and its top is
+    c - lambda_min, so lambda_min is accurate to about ``tol * (c - lambda_min)`` even when it is close to zero
+    (ARPACK's own criterion is relative to each eigenvalue, and stalls on eigenvalues near zero). ``ncv`` is the number of
+    Lanczos vectors (scipy's default, at least 20, when None). ``which="largest"`` or ``"smallest"`` returns NaN
+    for the other end. The step-size limit of eq. ``descent-lemma`` is set by ``max(|lambda_min|, |lambda_max|)``.
+    """
+    params = _check(loss_fn, params)
+    one_of("which", which, WHICH)
+    tol = _check_tol(tol)
+    seed = positive_int("seed", seed, minimum=0)
+    if ncv is not None:
+        ncv = positive_int("ncv", ncv, minimum=3)
+    op = hessian_operator(loss_fn, params)
+    n = op.shape[0]
+    if n <= 2:  # ARPACK needs k < n: a problem this small is solved densely
+        values = np.linalg.eigvalsh(np.column_stack([op.matvec(e) for e in np.eye(n)]))
+        low, high = float(values[0]), float(values[-1])
+    else:
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        ncv = None if ncv is None else min(ncv, n)
+
+        def top(operator: LinearOperator, mode: str) -> float:
+            return float(eigsh(operator, k=1, which=mode, tol=tol, v0=v0, ncv=ncv, return_eigenvectors=False)[0])
+
+        high = top(op, "LA")
+        low = math.nan
+        if which != "largest":  # lambda_min = c - lambda_max(c I - H) with c = max(lambda_max, 0)
+            c = max(high, 0.0)
+            flipped = LinearOperator((n, n), matvec=lambda v: c * np.ravel(v) - op.matvec(v), dtype=np.float64)
+            low = c - top(flipped, "LA")
+    return (low if which != "largest" else math.nan), (high if which != "smallest" else math.nan)
+
+
+def top_hessian_eigenvalue(loss_fn: LossFn, params: Sequence[torch.Tensor], tol: float = 1e-4, seed: int = 0) -> float:
+    """The largest (algebraic) Hessian eigenvalue lambda_max, by Lanczos (:func:`hessian_eigenvalues`)."""
+    return hessian_eigenvalues(loss_fn, params, which="largest", tol=tol, seed=seed)[1]

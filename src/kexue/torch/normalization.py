@@ -1,10 +1,14 @@
 """Normalisation variants of one network, for chapter 04's experiments.
 
 ``NORM_VARIANTS`` names the variants; :func:`mlp_with_norm` (flat inputs) and :func:`vgg_with_norm`
-(images, a small VGG-style CNN) build the same architecture in each of them.
+(images, a small VGG-style CNN) build the same architecture in each of them. :class:`NoisyBatchNorm1d` and
+:class:`NoisyBatchNorm2d` are the "noisy BN" of Santurkar et al. (2018): BN whose output distribution is
+moved by noise that changes at every step.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 from torch import nn
@@ -15,45 +19,56 @@ NORM_VARIANTS = ("none", "BN", "BN before linear", "noisy BN", "LayerNorm", "non
 
 
 class _NoisyAfterNorm:
-    """In training, multiply each channel by 1 + s N(0, 1) and shift it by s N(0, 1), afresh at every call."""
+    """In training, after BN: y -> s_c y + m_c + e, with the unit's m_c ~ U(-shift, shift) and
+    s_c ~ U(1, scale) drawn afresh at every call and e ~ N(0, noise_std^2) i.i.d. for every sample and activation."""
 
+    shift: float
+    scale: float
     noise_std: float
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)  # type: ignore[misc]
-        if not self.training or self.noise_std == 0:  # type: ignore[attr-defined]
+        if not self.training:  # type: ignore[attr-defined]
             return y
         shape = (1, y.shape[1]) + (1,) * (y.dim() - 2)
-        scale = 1 + self.noise_std * torch.randn(shape, dtype=y.dtype, device=y.device)
-        shift = self.noise_std * torch.randn(shape, dtype=y.dtype, device=y.device)
-        return y * scale + shift
+        mean = (2 * torch.rand(shape, dtype=y.dtype, device=y.device) - 1) * self.shift
+        scale = 1 + (self.scale - 1) * torch.rand(shape, dtype=y.dtype, device=y.device)
+        return y * scale + mean + self.noise_std * torch.randn_like(y)
 
 
-def _noise(noise_std: float) -> float:
-    if not noise_std >= 0:
-        raise ValueError(f"`noise_std` must be >= 0, got {noise_std!r}")
-    return float(noise_std)
+def _noise(shift: float, scale: float, noise_std: float) -> tuple[float, float, float]:
+    for name, value, low in (("shift", shift, 0.0), ("scale", scale, 1.0), ("noise_std", noise_std, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"`{name}` must be a real number >= {low:g}, got {value!r}")
+        if not value >= low:
+            raise ValueError(f"`{name}` must be >= {low:g}, got {value!r}")
+    return float(shift), float(scale), float(noise_std)
 
 
 class NoisyBatchNorm1d(_NoisyAfterNorm, nn.BatchNorm1d):
-    """BatchNorm1d followed by random per-unit scale and shift noise in training: the "noisy BN" of
-    Santurkar et al. (2018), whose output distribution shifts at every step."""
+    """BatchNorm1d followed, in training, by noise whose distribution changes at every step.
 
-    def __init__(self, num_features: int, noise_std: float = 0.5, **kwargs):
+    Each unit c draws m_c ~ U(-shift, shift) and s_c ~ U(1, scale) at every call, and every activation of every
+    sample gets y -> s_c y + m_c + e with i.i.d. e ~ N(0, noise_std^2): non-zero mean, non-unit variance, a new
+    distribution every step (Santurkar et al. 2018, section 2.1; the exact law is ours). Evaluation mode is BN.
+    """
+
+    def __init__(self, num_features: int, shift: float = 1.0, scale: float = 2.0, noise_std: float = 0.5, **kwargs):
         super().__init__(num_features, **kwargs)
-        self.noise_std = _noise(noise_std)
+        self.shift, self.scale, self.noise_std = _noise(shift, scale, noise_std)
 
 
 class NoisyBatchNorm2d(_NoisyAfterNorm, nn.BatchNorm2d):
-    """BatchNorm2d followed by random per-channel scale and shift noise in training."""
+    """BatchNorm2d followed by the noise of :class:`NoisyBatchNorm1d` (per channel m_c, s_c; e per element)."""
 
-    def __init__(self, num_features: int, noise_std: float = 0.5, **kwargs):
+    def __init__(self, num_features: int, shift: float = 1.0, scale: float = 2.0, noise_std: float = 0.5, **kwargs):
         super().__init__(num_features, **kwargs)
-        self.noise_std = _noise(noise_std)
+        self.shift, self.scale, self.noise_std = _noise(shift, scale, noise_std)
 
 
 def _block(variant: str, make_layer, n_in: int, n_out: int, two_d: bool) -> list[nn.Module]:
-    layer = make_layer(n_in, n_out)
+    # A bias right before BN is removed by BN's centring (its gradient is zero), so BN layers go without one.
+    layer = make_layer(n_in, n_out, bias=variant not in ("BN", "noisy BN"))
     if variant == "none, careful init":
         nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
         nn.init.zeros_(layer.bias)
@@ -62,10 +77,18 @@ def _block(variant: str, make_layer, n_in: int, n_out: int, two_d: bool) -> list
         return [batch_norm(n_in), layer, nn.ReLU()]
     after = {
         "BN": [batch_norm(n_out)],
-        "noisy BN": [(NoisyBatchNorm2d if two_d else NoisyBatchNorm1d)(n_out, 0.5)],
+        "noisy BN": [(NoisyBatchNorm2d if two_d else NoisyBatchNorm1d)(n_out)],
         "LayerNorm": [nn.GroupNorm(1, n_out) if two_d else nn.LayerNorm(n_out)],
     }.get(variant, [])
     return [layer, *after, nn.ReLU()]
+
+
+def _head(variant: str, n_in: int, classes: int) -> list[nn.Module]:
+    """The classifier; with "BN before linear" its input is normalised too, like every other linear layer's."""
+    head = nn.Linear(n_in, classes)
+    if variant == "none, careful init":
+        nn.init.zeros_(head.bias)
+    return [nn.BatchNorm1d(n_in), head] if variant == "BN before linear" else [head]
 
 
 def mlp_with_norm(variant: str, in_features: int, width: int = 128, depth: int = 3, classes: int = 10) -> nn.Sequential:
@@ -75,13 +98,13 @@ def mlp_with_norm(variant: str, in_features: int, width: int = 128, depth: int =
     layers: list[nn.Module] = []
     for n_in, n_out in zip(widths, widths[1:]):
         layers += _block(variant, nn.Linear, n_in, n_out, two_d=False)
-    return nn.Sequential(*layers, nn.Linear(widths[-1], positive_int("classes", classes)))
+    return nn.Sequential(*layers, *_head(variant, widths[-1], positive_int("classes", classes)))
 
 
 def vgg_with_norm(variant: str, channels: tuple[int, ...] = (32, 64, 128), classes: int = 10) -> nn.Sequential:
     """A small VGG-style CNN for 3-channel images: per stage two 3x3 convolutions then 2x2 max-pooling."""
     one_of("variant", variant, NORM_VARIANTS)
-    conv = lambda n_in, n_out: nn.Conv2d(n_in, n_out, 3, padding=1)  # noqa: E731
+    conv = lambda n_in, n_out, bias: nn.Conv2d(n_in, n_out, 3, padding=1, bias=bias)  # noqa: E731
     layers: list[nn.Module] = []
     n_in = 3
     for n_out in channels:
@@ -89,4 +112,4 @@ def vgg_with_norm(variant: str, channels: tuple[int, ...] = (32, 64, 128), class
         layers += _block(variant, conv, n_out, n_out, True)
         layers.append(nn.MaxPool2d(2))
         n_in = n_out
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_in, positive_int("classes", classes)))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *_head(variant, n_in, positive_int("classes", classes)))
