@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from kexue.energy import ReplayBuffer, contrastive_loss, langevin, train_energy_model
+import numpy as np
+
+from kexue.energy import ReplayBuffer, contrastive_loss, energy_mlp, langevin, mala, train_energy_model
 
 
 def gaussian_energy(x):
@@ -18,8 +20,7 @@ def test_ula_variance_has_the_predicted_bias_and_mala_removes_it():
     gen = torch.Generator().manual_seed(0)
     x = langevin(gaussian_energy, torch.zeros(100_000, 1, dtype=torch.float64), 100, h, generator=gen)
     assert x.var().item() == pytest.approx(1 / (1 - h / 2), rel=0.02)
-    xm, acceptance = langevin(gaussian_energy, torch.zeros(100_000, 1, dtype=torch.float64), 100, h,
-                              metropolis=True, generator=gen, return_acceptance=True)
+    xm, acceptance = mala(gaussian_energy, torch.zeros(100_000, 1, dtype=torch.float64), 100, h, generator=gen)
     assert xm.var().item() == pytest.approx(1.0, rel=0.02) and 0.5 < acceptance < 1
 
 
@@ -79,3 +80,81 @@ def test_training_runs_and_separates_data_from_samples():
     assert len(gaps) == 60 and all(math.isfinite(g) for g in gaps)
     with pytest.raises(ValueError, match="exactly one"):
         train_energy_model(model, data, 1)
+
+
+def test_step_sizes_may_be_numpy_or_0d_and_the_return_type_is_fixed():
+    x0 = torch.ones(5, 2, dtype=torch.float64)
+    ref = langevin(gaussian_energy, x0, 3, 0.1, noise_scale=0.0)
+    for h in (np.float32(0.1), np.float64(0.1), np.array(0.1), torch.tensor(0.1, dtype=torch.float64)):
+        out = langevin(gaussian_energy, x0, 3, h, noise_scale=np.float32(0.0))
+        assert isinstance(out, torch.Tensor) and torch.allclose(out, ref)
+    assert isinstance(langevin(gaussian_energy, x0, 3, 0.1, metropolis=True), torch.Tensor)
+    x, rate = mala(gaussian_energy, x0, 3, np.float32(0.1))
+    assert isinstance(x, torch.Tensor) and isinstance(rate, float) and 0 <= rate <= 1
+    with pytest.raises(TypeError, match="step_size"):
+        langevin(gaussian_energy, x0, 3, np.array([0.1, 0.2]))
+    with pytest.raises(ValueError, match="noise_scale"):
+        langevin(gaussian_energy, x0, 3, 0.1, noise_scale=-1.0)
+
+
+def test_replay_buffer_compares_by_identity_and_draws_distinct_slots():
+    gen = torch.Generator().manual_seed(0)
+    zeros = lambda n: torch.zeros(n, 2)  # noqa: E731
+    buffer = ReplayBuffer(16, zeros, reinit=0.0, generator=gen)
+    assert buffer == buffer and buffer != ReplayBuffer(16, zeros, reinit=0.0, generator=gen)  # no tensor ==
+    for _ in range(20):  # with replacement, 16 draws out of 16 slots repeat a slot with probability 1 - 16!/16^16
+        _, slots = buffer.sample(16)
+        assert len(slots.unique()) == 16
+    x, slots = buffer.sample(16)
+    buffer.push(x + torch.arange(16.0)[:, None] + 1, slots)  # every chain survives the push
+    assert sorted(buffer.points[:, 0].tolist()) == [float(k) for k in range(1, 17)]
+    with pytest.raises(ValueError, match="`n`"):
+        buffer.sample(17)
+
+
+def test_replay_buffer_reinitialises_the_stated_fraction():
+    buffer = ReplayBuffer(4000, lambda n: torch.ones(n, 3), reinit=0.25, generator=torch.Generator().manual_seed(1))
+    buffer.points.zero_()
+    x, _ = buffer.sample(4000)
+    fresh = x[:, 0] == 1
+    assert torch.equal(x[fresh], torch.ones(int(fresh.sum()), 3))
+    assert abs(fresh.float().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 4000)
+
+
+def test_training_evaluates_the_energy_once_per_iteration_and_freezes_parameters_while_sampling():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 16), nn.SiLU(), nn.Linear(16, 1))
+    calls = {"forward": 0, "grad_during_sampling": 0}
+    sampling = {"on": False}
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            if x.requires_grad and any(p.requires_grad for p in self.parameters()) and not self.training:
+                calls["grad_during_sampling"] += 1
+            if self.training:
+                calls["forward"] += 1
+            return self.net(x)
+
+    model = Counting()
+    train_energy_model(model, torch.randn(64, 2), 7, batch_size=16, fresh_init=lambda n: torch.randn(n, 2),
+                       langevin_steps=3)
+    assert calls["forward"] == 7 and calls["grad_during_sampling"] == 0
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_energy_mlp_shapes_and_spectral_norm():
+    torch.manual_seed(0)
+    plain, normed = energy_mlp(3, 8), energy_mlp(3, 8, spectral_norm=True)
+    assert plain(torch.randn(5, 3)).shape == (5, 1) and normed(torch.randn(5, 3)).shape == (5, 1)
+    assert [type(m).__name__ for m in plain] == ["Linear", "SiLU", "Linear", "SiLU", "Linear"]
+    normed.train()
+    for _ in range(50):  # power iteration converges in train mode
+        normed(torch.randn(5, 3))
+    for layer in normed[::2]:
+        assert torch.linalg.matrix_norm(layer.weight, ord=2).item() == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(TypeError, match="hidden"):
+        energy_mlp(3, 8.0)

@@ -2,22 +2,38 @@
 
 p(x) = exp(-U(x)) / Z. References: Y. Du and I. Mordatch, "Implicit Generation and Generalization in
 Energy-Based Models", NeurIPS 2019; G. O. Roberts and R. L. Tweedie, "Exponential convergence of Langevin
-distributions and their discrete approximations", Bernoulli 1996 (MALA); Su Jianlin,
+distributions and their discrete approximations", Bernoulli 1996 (MALA); T. Tieleman, "Training restricted
+Boltzmann machines using approximations to the likelihood gradient", ICML 2008 (persistent chains); Su Jianlin,
 "能量视角下的GAN模型(三):生成模型=能量模型", 2019-05-10, https://kexue.fm/archives/6612.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from kexue._checks import fraction, positive_int
 
 Energy = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _real(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """A Python float from a positive (or non-negative) finite real: int, float, NumPy scalar, 0-d array or tensor."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a real number (or a 0-d array/tensor), got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise ValueError(f"`{name}` must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value!r}")
+    return value
 
 
 def _energy_and_grad(energy: Energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,38 +46,26 @@ def _energy_and_grad(energy: Energy, x: torch.Tensor) -> tuple[torch.Tensor, tor
     return u.detach(), grad.detach()
 
 
-def langevin(
+def _chain(
     energy: Energy,
     x0: torch.Tensor,
-    steps: int,
-    step_size: float,
-    noise_scale: float | None = None,
-    metropolis: bool = False,
-    grad_clip: float | None = None,
-    generator: torch.Generator | None = None,
-    return_acceptance: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, float]:
-    """Run ``steps`` Langevin steps x <- x - step_size * grad U(x) + noise_scale * N(0, I), eq. ``ula``.
-
-    ``noise_scale=None`` is sqrt(2 * step_size), the Euler-Maruyama discretisation of the Langevin SDE whose
-    stationary law is exp(-U). A smaller ``noise_scale`` samples exp(-U / T) with T = noise_scale^2 / (2 step_size)
-    instead (eq. ``temperature``). ``metropolis=True`` adds the MALA accept/reject step (eq. ``mala``), which
-    makes exp(-U) exactly stationary; it requires the default noise. ``grad_clip`` clips each point's gradient
-    norm. Returns the final points (and, with ``return_acceptance``, MALA's mean acceptance rate).
-    """
+    steps: Any,
+    step_size: Any,
+    noise_scale: Any,
+    metropolis: bool,
+    grad_clip: Any,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points after ``steps`` steps and MALA's mean acceptance rate (a 0-d tensor; 1 without Metropolis)."""
     steps = positive_int("steps", steps, minimum=0)
-    if not (isinstance(step_size, (int, float)) and step_size > 0 and math.isfinite(step_size)):
-        raise ValueError(f"`step_size` must be a positive number, got {step_size!r}")
+    step_size = _real("step_size", step_size)
     default_noise = math.sqrt(2 * step_size)
-    if noise_scale is None:
-        noise_scale = default_noise
-    elif not (isinstance(noise_scale, (int, float)) and noise_scale >= 0):
-        raise ValueError(f"`noise_scale` must be a non-negative number, got {noise_scale!r}")
+    noise_scale = default_noise if noise_scale is None else _real("noise_scale", noise_scale, allow_zero=True)
     if metropolis and abs(noise_scale - default_noise) > 1e-12 * default_noise:
         raise ValueError("`metropolis=True` needs the default noise_scale = sqrt(2 * step_size)")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"`grad_clip` must be positive, got {grad_clip!r}")
-    if not torch.is_floating_point(x0):
+    if grad_clip is not None:
+        grad_clip = _real("grad_clip", grad_clip)
+    if not isinstance(x0, torch.Tensor) or not torch.is_floating_point(x0):
         raise TypeError("`x0` must be a floating-point tensor of points (batch first)")
 
     def clipped(g: torch.Tensor) -> torch.Tensor:
@@ -70,12 +74,14 @@ def langevin(
         norms = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (g.dim() - 1)))
         return g * (grad_clip / norms).clamp(max=1.0)
 
+    # a CPU generator draws on the CPU (then the draws move to x0's device); any other draws where x0 lives
+    draw_on = torch.device("cpu") if generator is not None and generator.device.type == "cpu" else x0.device
     x = x0.detach().clone()
     u, grad = _energy_and_grad(energy, x)
     grad = clipped(grad)
-    accepted = 0.0
+    accepted = torch.zeros((), dtype=torch.float64, device=x.device)
     for _ in range(steps):
-        noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        noise = torch.randn(x.shape, dtype=x.dtype, generator=generator, device=draw_on).to(x.device)
         proposal = x - step_size * grad + noise_scale * noise
         u_new, grad_new = _energy_and_grad(energy, proposal)
         grad_new = clipped(grad_new)
@@ -86,24 +92,66 @@ def langevin(
         forward = ((proposal - x + step_size * grad) ** 2).flatten(1).sum(1)
         backward = ((x - proposal + step_size * grad_new) ** 2).flatten(1).sum(1)
         log_ratio = -u_new + u - (backward - forward) / (4 * step_size)
-        uniform = torch.rand(len(x), dtype=x.dtype, device=x.device, generator=generator)
+        uniform = torch.rand(len(x), dtype=x.dtype, generator=generator, device=draw_on).to(x.device)
         accept = torch.log(uniform) < log_ratio
         mask = accept.view(-1, *([1] * (x.dim() - 1)))
         x = torch.where(mask, proposal, x)
         u = torch.where(accept, u_new, u)
         grad = torch.where(mask, grad_new, grad)
-        accepted += accept.double().mean().item()
-    if return_acceptance:
-        return x, (accepted / steps if steps and metropolis else 1.0)
-    return x
+        accepted = accepted + accept.double().mean()
+    rate = accepted / steps if (steps and metropolis) else torch.ones((), dtype=torch.float64, device=x.device)
+    return x, rate
 
 
-@dataclass
+def langevin(
+    energy: Energy,
+    x0: torch.Tensor,
+    steps: int,
+    step_size: float,
+    noise_scale: float | None = None,
+    metropolis: bool = False,
+    grad_clip: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Run ``steps`` Langevin steps x <- x - step_size * grad U(x) + noise_scale * N(0, I), eq. ``ula``.
+
+    ``noise_scale=None`` is sqrt(2 * step_size), the Euler-Maruyama discretisation of the Langevin SDE
+    (eq. ``langevin-sde``) whose stationary law is exp(-U). A smaller ``noise_scale`` targets exp(-U / T) with
+    T = noise_scale^2 / (2 step_size) instead (eq. ``temperature``). ``metropolis=True`` adds the MALA
+    accept/reject step (eq. ``mala``), which makes exp(-U) exactly stationary; it requires the default noise
+    (use :func:`mala` to also get the acceptance rate). ``grad_clip`` clips each point's gradient norm (with
+    Metropolis, in the proposal and in its reverse density alike, so the chain stays exact). ``step_size``,
+    ``noise_scale`` and ``grad_clip`` may be Python or NumPy numbers or 0-d arrays/tensors. Always returns the
+    final points, a tensor like ``x0``. The random draws come from ``generator`` (CPU or on ``x0``'s device)
+    or, without one, from torch's global generator.
+    """
+    return _chain(energy, x0, steps, step_size, noise_scale, metropolis, grad_clip, generator)[0]
+
+
+def mala(
+    energy: Energy,
+    x0: torch.Tensor,
+    steps: int,
+    step_size: float,
+    grad_clip: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Metropolis-adjusted Langevin (eq. ``mala``): the final points and the mean acceptance rate over the steps.
+
+    The same chain as ``langevin(..., metropolis=True)``; the rate is averaged over chains and steps.
+    """
+    x, rate = _chain(energy, x0, steps, step_size, None, True, grad_clip, generator)
+    return x, float(rate)
+
+
+@dataclass(eq=False)
 class ReplayBuffer:
     """Persistent chains for short-run Langevin: start most chains where earlier ones ended (eq. ``buffer``).
 
-    ``sample(n)`` returns n starting points: each, with probability ``reinit``, fresh noise from ``init``,
-    otherwise a stored point; ``push`` writes the chains' end points back into the slots they came from.
+    ``sample(n)`` draws n *distinct* slots (without replacement, so no two chains of a batch share a slot and
+    none is lost on ``push``; hence n <= capacity) and returns their points, each replaced, with probability
+    ``reinit``, by fresh noise from ``init``; ``push`` writes the chains' end points back into those slots.
+    Buffers compare by identity (``eq=False``): a tensor field has no boolean ``==``.
     """
 
     capacity: int
@@ -116,30 +164,59 @@ class ReplayBuffer:
         self.capacity = positive_int("capacity", self.capacity)
         self.reinit = fraction("reinit", self.reinit, allow_zero=True)
         self.points = self.init(self.capacity)
-        if len(self.points) != self.capacity:
-            raise ValueError(f"`init(n)` must return n points, got {len(self.points)} for n = {self.capacity}")
+        if not isinstance(self.points, torch.Tensor) or len(self.points) != self.capacity:
+            raise ValueError(f"`init(n)` must return a tensor of n points, got {len(self.points)} for n = {self.capacity}")
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n starting points from n distinct slots (``reinit`` of them fresh noise), and the slots."""
         n = positive_int("n", n)
-        slots = torch.randint(0, self.capacity, (n,), generator=self.generator).to(self.points.device)
-        x = self.points[slots].clone()
-        fresh = torch.rand(n, generator=self.generator).to(self.points.device) < self.reinit
-        if fresh.any():
-            x[fresh] = self.init(int(fresh.sum())).to(x)
+        if n > self.capacity:
+            raise ValueError(f"`n` must be at most the capacity {self.capacity} (slots are distinct), got {n}")
+        device = self.points.device
+        slots = torch.randperm(self.capacity, generator=self.generator)[:n].to(device)
+        fresh = (torch.rand(n, generator=self.generator) < self.reinit).to(device)
+        stored = self.points[slots]
+        noise = self.init(n).to(stored)
+        x = torch.where(fresh.view(-1, *([1] * (stored.dim() - 1))), noise, stored)
         return x, slots
 
     def push(self, x: torch.Tensor, slots: torch.Tensor) -> None:
+        """Write the end points ``x`` back into ``slots`` (as returned by :meth:`sample`)."""
+        if x.shape[1:] != self.points.shape[1:] or len(x) != len(slots):
+            raise ValueError(f"`x` must hold one point of shape {tuple(self.points.shape[1:])} per slot")
         self.points[slots] = x.detach().to(self.points)
+
+
+def _contrastive(u_data: torch.Tensor, u_model: torch.Tensor, alpha: float) -> torch.Tensor:
+    return u_data.mean() - u_model.mean() + alpha * (u_data.pow(2).mean() + u_model.pow(2).mean())
 
 
 def contrastive_loss(energy: Energy, data: torch.Tensor, samples: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
     """E_data[U] - E_model[U] + alpha (E_data[U^2] + E_model[U^2]), eqs. ``ml-gradient`` and ``regulariser``.
 
     Its gradient in the energy's parameters is the maximum-likelihood gradient (samples held fixed) plus
-    Du and Mordatch's penalty that keeps the energies near zero.
+    Du and Mordatch's penalty 2 alpha (E_data[U grad U] + E_model[U grad U]), which moves the fixed point
+    (eq. ``penalty-shift``).
     """
-    u_data, u_model = energy(data), energy(samples.detach())
-    return u_data.mean() - u_model.mean() + alpha * (u_data.pow(2).mean() + u_model.pow(2).mean())
+    alpha = _real("alpha", alpha, allow_zero=True)
+    return _contrastive(energy(data), energy(samples.detach()), alpha)
+
+
+def energy_mlp(dim: int, hidden: int = 128, depth: int = 2, spectral_norm: bool = False) -> nn.Sequential:
+    """An MLP energy ``dim -> hidden (x depth) -> 1`` with SiLU activations (smooth, so grad_x U is continuous).
+
+    ``spectral_norm=True`` wraps every linear layer in :func:`torch.nn.utils.parametrizations.spectral_norm`,
+    as Du and Mordatch do, which bounds the energy's Lipschitz constant in x by 1.1^depth (SiLU's slope is at most 1.1).
+    """
+    dim, hidden, depth = positive_int("dim", dim), positive_int("hidden", hidden), positive_int("depth", depth)
+    sizes = [dim] + [hidden] * depth + [1]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(a, b)
+        layers.append(nn.utils.parametrizations.spectral_norm(linear) if spectral_norm else linear)
+        if i < depth:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
 
 
 def train_energy_model(
@@ -157,33 +234,48 @@ def train_energy_model(
     grad_clip: float | None = None,
     generator: torch.Generator | None = None,
 ) -> list[float]:
-    """Short-run Langevin maximum likelihood: model(x) is U(x); returns E_data[U] - E_model[U] per iteration.
+    """Short-run Langevin maximum likelihood (eqs. ``ml-gradient``, ``regulariser``): model(x) is U(x).
 
-    Negative samples start from ``buffer`` (persistent chains) or, without one, from ``fresh_init`` noise.
-    The defaults decouple the noise from the step (eq. ``temperature``), as practical code does.
+    Negative samples start from ``buffer`` (persistent chains, eq. ``buffer``) or, without one, from
+    ``fresh_init`` noise. The defaults decouple the noise from the step (eq. ``temperature``), as practical code
+    does. During sampling the parameters are frozen (no parameter gradients are built) and the model is in
+    eval mode; one forward pass on data and samples together gives both the loss and the returned gap
+    E_data[U] - E_model[U] of each iteration (before its update).
     """
     if (buffer is None) == (fresh_init is None):
         raise ValueError("give exactly one of `buffer` (persistent chains) and `fresh_init` (fresh noise)")
     iterations = positive_int("iterations", iterations)
+    batch_size = positive_int("batch_size", batch_size)
+    alpha = _real("alpha", alpha, allow_zero=True)
+    if not isinstance(data, torch.Tensor) or not torch.is_floating_point(data):
+        raise TypeError("`data` must be a floating-point tensor (batch first)")
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.0, 0.999))
-    gaps = []
+    params = [p for p in model.parameters() if p.requires_grad]
+    gaps = torch.zeros(iterations, dtype=torch.float64, device=data.device)
     energy = lambda x: model(x).squeeze(-1)  # noqa: E731
-    for _ in range(iterations):
+    for i in range(iterations):
         rows = torch.randint(0, len(data), (batch_size,), generator=generator).to(data.device)
         if buffer is not None:
             start, slots = buffer.sample(batch_size)
         else:
             start = fresh_init(batch_size)
         model.eval()
-        samples = langevin(energy, start, langevin_steps, step_size, noise_scale, grad_clip=grad_clip,
-                           generator=generator)
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            samples = langevin(energy, start, langevin_steps, step_size, noise_scale, grad_clip=grad_clip,
+                               generator=generator)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
         model.train()
         if buffer is not None:
             buffer.push(samples, slots)
-        loss = contrastive_loss(energy, data[rows], samples, alpha)
+        u = energy(torch.cat([data[rows], samples.to(data)]))
+        u_data, u_model = u[:batch_size], u[batch_size:]
+        loss = _contrastive(u_data, u_model, alpha)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            gaps.append(float(energy(data[rows]).mean() - energy(samples).mean()))
-    return gaps
+        gaps[i] = (u_data.mean() - u_model.mean()).detach()
+    return gaps.tolist()
