@@ -1,6 +1,9 @@
 """Chapter 08: vector quantiser, FSQ, the VQ-VAE and the PixelCNN prior."""
 
+import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,6 +11,8 @@ import torch.nn.functional as F
 
 from kexue.torch import (VQVAE, FiniteScalarQuantizer, MaskedConv2d, PixelCNNPrior, VectorQuantizer,
                          codebook_perplexity, nearest_code, train_prior, train_vqvae)
+from kexue.torch.pixelcnn import dependency_pattern
+from kexue.torch.vq import kmeans
 
 
 def brute_force_nearest(z, codebook):
@@ -145,33 +150,85 @@ def test_fsq_grid_indices_and_lookup_round_trip():
             FiniteScalarQuantizer(bad)
 
 
-def test_masked_conv_prior_is_autoregressive_in_raster_order():
+def strictly_lower(n):
+    return torch.tril(torch.ones(n, n, dtype=torch.bool), diagonal=-1)
+
+
+@pytest.mark.parametrize("height,width,layers,kernel_size", [(3, 4, 3, 3), (4, 4, 2, 5), (2, 5, 2, 5)])
+def test_gated_prior_sees_every_earlier_position_and_nothing_else(height, width, layers, kernel_size):
     torch.manual_seed(0)
-    prior = PixelCNNPrior(num_codes=5, height=3, width=4, hidden=8, layers=3)
-    grid = torch.randint(0, 5, (1, 3, 4))
-    base = prior(grid)
-    for j in range(12):
-        changed = grid.clone()
-        changed.view(-1)[j] = (changed.view(-1)[j] + 1) % 5
-        diff = (prior(changed) - base).abs().sum(1).flatten()
-        assert (diff[:j + 1] == 0).all(), j  # positions up to j do not see k_j
-        if j < 11:
-            assert diff[j + 1:].sum() > 0
+    prior = PixelCNNPrior(num_codes=5, height=height, width=width, hidden=8, layers=layers, kernel_size=kernel_size)
+    pattern = dependency_pattern(prior, height, width, 5)
+    assert torch.equal(pattern, strictly_lower(height * width))  # no leak, and no blind spot
+
+
+def test_masked_stack_has_the_blind_spot_that_dependency_pattern_finds():
+    class MaskedStack(torch.nn.Module):  # mask A 5x5, then two mask-B 3x3 layers: the old quick-scale prior
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(16, 8)
+            self.convs = torch.nn.ModuleList([MaskedConv2d("A", 8, 8, 5), MaskedConv2d("B", 8, 8, 3),
+                                              MaskedConv2d("B", 8, 8, 3)])
+            self.head = torch.nn.Conv2d(8, 16, 1)
+
+        def forward(self, grid):
+            h = self.embed(grid).movedim(-1, 1)
+            for conv in self.convs:
+                h = conv(torch.relu(h))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    pattern = dependency_pattern(MaskedStack(), 4, 4, 16)
+    lower = strictly_lower(16)
+    assert not (pattern & ~lower).any()  # no leak
+    unseen = [(divmod(i, 4), divmod(j, 4)) for i, j in (lower & ~pattern).nonzero().tolist()]
+    assert ((1, 0), (0, 3)) in unseen  # (1, 0) cannot see the far end of the row above
+
+
+def test_prior_checks_its_arguments_and_grids():
+    with pytest.raises(ValueError, match="does not reach across a 4x4 grid"):
+        PixelCNNPrior(num_codes=5, height=4, width=4, layers=2, kernel_size=3)
+    with pytest.raises(ValueError, match="odd"):
+        PixelCNNPrior(num_codes=5, height=2, width=2, kernel_size=4)
     with pytest.raises(ValueError, match="odd"):
         MaskedConv2d("A", 2, 2, 4)
     with pytest.raises(ValueError, match="mask_type"):
         MaskedConv2d("C", 2, 2, 3)
+    prior = PixelCNNPrior(num_codes=5, height=3, width=4, hidden=8, layers=3)
     with pytest.raises(ValueError, match=r"\(batch, 3, 4\)"):
         prior(torch.zeros(1, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[0, 5\)"):
         prior(torch.full((1, 3, 4), 5))
+    with pytest.raises(ValueError, match="temperature"):
+        prior.sample(2, temperature=0.0)
+
+
+def test_sampling_follows_the_generator_not_the_global_rng():
+    torch.manual_seed(0)
+    prior = PixelCNNPrior(num_codes=6, height=2, width=3, hidden=8, layers=2).eval()
+    first = prior.sample(10, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(123)
+    again = prior.sample(10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, again) and first.dtype == torch.long and first.shape == (10, 2, 3)
+
+
+def test_sampling_draws_the_first_position_from_its_softmax():
+    torch.manual_seed(0)
+    prior = PixelCNNPrior(num_codes=4, height=1, width=2, hidden=8, layers=1).eval()
+    with torch.no_grad():
+        probs = torch.softmax(prior(torch.zeros(1, 1, 2, dtype=torch.long))[0, :, 0, 0].double(), 0)
+    samples = prior.sample(20_000, generator=torch.Generator().manual_seed(0))[:, 0, 0]
+    counts = torch.bincount(samples, minlength=4).double()
+    expected = 20_000 * probs
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 16.3  # chi-square, 3 degrees of freedom: 0.1% critical value
 
 
 def test_prior_learns_a_deterministic_pattern_and_samples_it():
     torch.manual_seed(0)
     pattern = torch.tensor([[0, 1, 2], [3, 0, 1]])
     codes = torch.stack([pattern, (pattern + 1) % 4] * 64)
-    prior = PixelCNNPrior(num_codes=4, height=2, width=3, hidden=16, layers=2, first_kernel=5)
+    prior = PixelCNNPrior(num_codes=4, height=2, width=3, hidden=16, layers=2)
     curve = train_prior(prior, codes, codes[:8], epochs=60, lr=3e-3)
     assert curve[-1][1] < 0.2 * curve[0][1] and curve[-1][1] < 1.0  # near log 2 nats: which of the two grids
     assert prior.nll(codes[:8]).mean().item() == pytest.approx(min(val for _, val in curve), rel=1e-5)  # best kept
@@ -183,7 +240,7 @@ def test_prior_learns_a_deterministic_pattern_and_samples_it():
 def test_prior_early_stopping_keeps_the_best_validation_epoch():
     torch.manual_seed(0)
     codes = torch.randint(0, 6, (40, 2, 2))  # noise: the prior can only overfit
-    prior = PixelCNNPrior(num_codes=6, height=2, width=2, hidden=32, layers=2, first_kernel=3)
+    prior = PixelCNNPrior(num_codes=6, height=2, width=2, hidden=32, layers=2)
     curve = train_prior(prior, codes[:30], codes[30:], epochs=25, lr=1e-2)
     best = min(range(25), key=lambda e: curve[e][1])
     assert best < 24 and curve[-1][1] > curve[best][1]  # it did overfit...
@@ -198,6 +255,14 @@ def test_vqvae_trains_and_checks_image_shapes():
     model = VQVAE(VectorQuantizer(16, 4), hidden=8, downsample=1)
     history = train_vqvae(model, x, x[:16], epochs=3)
     assert set(history) == {"train_mse", "test_mse", "perplexity", "used_codes", "restarts"}
+    assert not model.training
+    scores = model.evaluate(x[:16], batch_size=5)  # batches of 5, 5, 5, 1 give the whole-set numbers
+    with torch.no_grad():
+        recon, q = model(x[:16])
+    assert scores["mse"] == pytest.approx(F.mse_loss(recon, x[:16]).item(), rel=1e-5)
+    assert scores["perplexity"] == pytest.approx(codebook_perplexity(q.indices, 16).item(), rel=1e-9)
+    assert torch.equal(model.encode_indices(x[:16], batch_size=3), q.indices)
+    assert torch.allclose(model.reconstruct(x[:16], batch_size=7), recon, atol=1e-6)
     assert model.encode_indices(x[:2]).shape == (2, 4, 4)
     assert model.decode_indices(model.encode_indices(x[:2])).shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="divisible by 2"):
@@ -216,3 +281,117 @@ def test_quantizer_works_in_float64_and_ema_state_is_saved():
     out = vq.eval()(torch.randn(3, 2, 2, dtype=torch.float64))
     assert out.quantized.dtype == torch.float64
     assert F.mse_loss(out.quantized, vq.lookup(out.indices)).item() < 1e-20
+
+
+FULL_SIZE_SCRIPT = """
+import json, resource, sys, torch
+from kexue.torch import VQVAE, PixelCNNPrior, VectorQuantizer
+torch.manual_seed(0)
+batch = int(sys.argv[1])
+model = VQVAE(VectorQuantizer(512, 16, ema_decay=0.99), hidden=8, downsample=2)
+prior = PixelCNNPrior(512, 7, 7, hidden=8, layers=6)
+x = torch.rand(60_000, 1, 28, 28)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+codes = model.encode_indices(x, batch_size=batch)
+scores = model.evaluate(x[:10_000], batch_size=batch)
+nll = prior.mean_nll(codes, batch_size=batch)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(dict(growth_mb=(peak - before) / 1024, data_mb=x.numel() * 4 / 2**20, shape=list(codes.shape))))
+"""
+
+
+def test_dataset_wide_passes_fit_a_t4_at_full_data_size():
+    """encode_indices, evaluate and mean_nll over MNIST's 60,000 x 28 x 28 (K = 512, 7 x 7 grids), on CPU.
+
+    Peak RSS growth is measured in a fresh process (ru_maxrss). Batched, it is a few batches' activations and
+    logits (about 380 MB measured), whatever the data size; unbatched, the first convolution alone would need
+    60,000 x 8 x 784 x 4 bytes = 1.4 GiB at this width (12 GB at the chapter's full VQ-VAE width of 64). The
+    activations grow at most linearly with the width, so the growth times 128 / 8 (the prior's full width)
+    plus the data must fit in half of a T4's 16 GB.
+    """
+    out = subprocess.run([sys.executable, "-c", FULL_SIZE_SCRIPT, "1024"], capture_output=True, text=True,
+                         check=True, timeout=900)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [60_000, 7, 7]
+    assert result["growth_mb"] < 1000, result  # unbatched: > 1,400 MB for one activation
+    assert result["growth_mb"] * 128 / 8 + result["data_mb"] < 16_000 * 0.5, result  # half a T4 at width 128
+
+
+def test_restarts_draw_distinct_batch_vectors_and_are_saved():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(64, 3, dead_code_threshold=1.0, usage_decay=0.99)
+    z = torch.randn(200, 3, 1) + 100.0  # far from every initial code: one code takes all, the rest die
+    vq(z)
+    assert vq.restarts == 63
+    rows = z.squeeze(-1)
+    matches = [(vq.codebook[k] == rows).all(1).nonzero().flatten().tolist() for k in range(64)]
+    restarted = [m[0] for m in matches if m]
+    assert len(restarted) == 63 and len(set(restarted)) == 63  # 63 distinct vectors: drawn without replacement
+    state = vq.state_dict()
+    assert int(state["restart_count"]) == 63
+    fresh = VectorQuantizer(64, 3, dead_code_threshold=1.0, usage_decay=0.99)
+    fresh.load_state_dict(state)
+    assert fresh.restarts == 63 and torch.equal(fresh.codebook, vq.codebook)
+
+
+def test_distance_search_is_float32_under_bfloat16_autocast():
+    g = torch.Generator().manual_seed(0)
+    z, codes = torch.randn(2000, 16, generator=g), torch.randn(256, 16, generator=g)
+    exact = brute_force_nearest(z.double(), codes.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(nearest_code(z, codes), exact)
+        vq = VectorQuantizer(256, 16).eval()
+        vq.codebook.data.copy_(codes)
+        zb = z.bfloat16()
+        out = vq(zb[:, :, None])
+    assert torch.equal(out.indices.flatten(), brute_force_nearest(zb.double(), codes.double()))
+
+
+def test_long_unused_ema_code_stays_put():
+    vq = VectorQuantizer(2, 2, ema_decay=0.9)
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor([[0.0, 0.0], [20.0, 20.0]]))
+    vq(torch.tensor([[[0.0, 20.0], [0.0, 20.0]]]))  # one vector at each code: both receive mass once
+    z = torch.full((1, 2, 4), 0.1)
+    for _ in range(1500):  # 0.9 ** 1500 * 0.1 underflows float32: N_k and m_k sink to subnormals
+        vq(z)
+    assert vq.cluster_size[1].item() < 1e-38  # subnormal (or 0): the ratio m_k / N_k would be rounding noise
+    assert torch.equal(vq.codebook[1], torch.tensor([20.0, 20.0]))
+    assert torch.allclose(vq.codebook[0], torch.tensor([0.1, 0.1]))
+
+
+def test_kmeans_initialisation_from_the_first_batch():
+    torch.manual_seed(0)
+    centres = torch.tensor([[5.0, 5.0], [-5.0, 5.0], [5.0, -5.0], [-5.0, -5.0]])
+    z = (centres.repeat(50, 1) + 0.1 * torch.randn(200, 2))[:, :, None]
+    vq = VectorQuantizer(4, 2, ema_decay=0.9, init="kmeans")
+    out = vq(z)
+    assert codebook_perplexity(out.indices, 4).item() > 3.99  # every cluster has its own code at once
+    dist = torch.cdist(vq.codebook, centres).min(1).values
+    assert (dist < 0.1).all()
+    uniform = VectorQuantizer(4, 2, ema_decay=0.9)
+    assert codebook_perplexity(uniform(z).indices, 4).item() < 3.5  # the uniform start shares codes at first
+    state = vq.state_dict()
+    loaded = VectorQuantizer(4, 2, ema_decay=0.9, init="kmeans")
+    loaded.load_state_dict(state)
+    before = loaded.codebook.clone()
+    loaded.eval()(z)
+    assert torch.equal(loaded.codebook, before) and not loaded._needs_init  # not initialised again
+    x = torch.randn(100, 2, dtype=torch.float64)
+    fit = kmeans(x, 5, iterations=50, generator=torch.Generator().manual_seed(0))
+    assign = nearest_code(x, fit)
+    for k in range(5):
+        assert torch.allclose(fit[k], x[assign == k].mean(0))  # a Lloyd fixed point
+    with pytest.raises(ValueError, match="init"):
+        VectorQuantizer(4, 2, init="random")
+
+
+def test_fsq_follows_the_input_dtype():
+    fsq = FiniteScalarQuantizer((5, 4))
+    for dtype in (torch.float64, torch.bfloat16):
+        out = fsq(torch.randn(3, 2, 2, 2).to(dtype))
+        assert out.quantized.dtype == dtype
+    assert fsq.lookup(torch.arange(20)[:, None], dtype=torch.float64).dtype == torch.float64
+    assert fsq.lookup(torch.arange(20)[:, None]).dtype == torch.get_default_dtype()
+    with pytest.raises(TypeError):
+        fsq.lookup(torch.arange(3)[:, None], dtype=torch.long)

@@ -1,8 +1,9 @@
 """Finite scalar quantisation: a codebook-free alternative to vector quantisation (chapter 08).
 
 Mentzer et al. (2023) project to a few channels and round each channel to one of L_c levels; the implicit
-codebook is the grid of all prod_c L_c level combinations, so no code can die and there are no codebook or
-commitment losses. Channel c is squashed into (0, L_c - 1) by (L_c - 1) * sigmoid(z_c), rounded with a
+codebook is the grid of all prod_c L_c level combinations: there are no codebook or commitment losses and
+no codes that training moves, so there are no collapse dynamics to cure (but an encoder can still leave grid
+points unused). Channel c is squashed into (0, L_c - 1) by (L_c - 1) * sigmoid(z_c), rounded with a
 straight-through gradient (eq. fsq), and rescaled to [-1, 1]. The index of a grid point is its mixed-radix
 number.
 
@@ -48,17 +49,23 @@ class FiniteScalarQuantizer(nn.Module):
         return f"levels={self.levels}, num_codes={self.num_codes}"
 
     def to_unit(self, steps: torch.Tensor) -> torch.Tensor:
-        """Level numbers ``0..L_c-1`` -> values in [-1, 1]."""
-        half = (self._levels - 1) / 2
+        """Level numbers ``0..L_c-1`` -> values in [-1, 1], in the dtype of ``steps``."""
+        half = ((self._levels - 1) / 2).to(steps.dtype)
         return (steps - half) / half
 
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Grid points for an index grid ``(B, *spatial)`` as a ``(B, dim, *spatial)`` tensor."""
+    def lookup(self, indices: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Grid points for an index grid ``(B, *spatial)`` as a ``(B, dim, *spatial)`` tensor of ``dtype``.
+
+        ``dtype`` defaults to torch's default dtype; pass the decoder's dtype (e.g. ``torch.float64``).
+        """
         if indices.dtype != torch.long or indices.ndim < 1:
             raise TypeError(f"`indices` must be a long tensor of shape (batch, ...), got {indices.dtype} "
                             f"{tuple(indices.shape)}")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}")
         steps = (indices.unsqueeze(-1) // self._radix) % self._levels.long()
-        return self.to_unit(steps.to(self._levels.dtype)).movedim(-1, 1)
+        return self.to_unit(steps.to(dtype)).movedim(-1, 1)
 
     def forward(self, z: torch.Tensor) -> Quantized:
         flat = channels_last(z, self.dim)

@@ -10,7 +10,8 @@ train what the reconstruction cannot reach (eq. vq-loss):
 
 With ``ema_decay`` the codebook loss is replaced by an exponential moving average of the assigned vectors,
 an online k-means step (eq. ema-update); with ``dead_code_threshold`` codes that stop being used are moved
-onto encoder outputs of the current batch.
+onto distinct encoder outputs of the current batch; with ``init="kmeans"`` the codebook starts at k-means
+centroids of the first training batch (eq. kmeans-step, iterated).
 
 Example::
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kexue._checks import fraction, positive_int
+from kexue._checks import fraction, one_of, positive_int
 
 
 class Quantized(NamedTuple):
@@ -51,7 +52,8 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 4096
         chunk_size: rows of ``z`` scored at a time; the only large temporary is ``chunk_size x K``.
 
     Returns:
-        ``(N,)`` long tensor of indices in ``[0, K)``. No gradient flows through it.
+        ``(N,)`` long tensor of indices in ``[0, K)``. No gradient flows through it. Autocast is disabled
+        inside, so the distances are computed in the dtype of the inputs.
     """
     if z.ndim != 2 or codebook.ndim != 2:
         raise ValueError(f"`z` must be (N, D) and `codebook` (K, D); got shapes {tuple(z.shape)} and "
@@ -62,7 +64,9 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 4096
         raise ValueError(f"`z` ({z.dtype}, {z.device}) and `codebook` ({codebook.dtype}, {codebook.device}) "
                          "must share dtype and device")
     chunk_size = positive_int("chunk_size", chunk_size)
-    with torch.no_grad():
+    # Under autocast the matrix product would run in float16/bfloat16, whose 8-11 bit mantissas reorder
+    # near codes: the search runs in the inputs' own dtype, and callers pass float32 or float64.
+    with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
         # |z - e|^2 = |z|^2 - 2 z.e + |e|^2, and |z|^2 is the same for every code of a row, so the argmin
         # needs only |e|^2 - 2 z.e: one matrix product per chunk, no (N, K, D) difference tensor, no sqrt.
         code_norms = codebook.pow(2).sum(dim=1)
@@ -88,8 +92,7 @@ def codebook_perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
 def _perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """:func:`codebook_perplexity` without the checks, for indices a quantiser has just produced."""
     p = torch.bincount(indices.flatten(), minlength=num_codes).double() / indices.numel()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return entropy.exp()
+    return (-torch.xlogy(p, p).sum()).exp()  # xlogy(0, 0) = 0: no boolean mask, no host sync
 
 
 def channels_last(z: torch.Tensor, dim: int) -> torch.Tensor:
@@ -106,28 +109,73 @@ def channels_first(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return flat.reshape(*spatial, flat.shape[-1]).movedim(-1, 1)
 
 
+def kmeans(x: torch.Tensor, num_codes: int, iterations: int = 10,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Lloyd's k-means on the rows of ``x``: ``iterations`` rounds of eq. kmeans-step; returns ``(K, D)`` centroids.
+
+    The centres start at ``num_codes`` distinct rows of ``x`` drawn with ``generator`` (on the CPU; rows are
+    drawn with replacement only when ``x`` has fewer rows than ``num_codes``). A centre that no row is
+    nearest to keeps its place, as in eq. ema-update. No host synchronisation inside the loop.
+    """
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"`x` must be a non-empty (N, D) tensor, got shape {tuple(x.shape)}")
+    num_codes = positive_int("num_codes", num_codes)
+    iterations = positive_int("iterations", iterations, minimum=0)
+    x = x.detach()
+    if len(x) >= num_codes:
+        rows = torch.randperm(len(x), generator=generator)[:num_codes]
+    else:
+        rows = torch.randint(len(x), (num_codes,), generator=generator)
+    centres = x[rows.to(x.device)].clone()
+    for _ in range(iterations):
+        assign = nearest_code(x, centres)
+        counts = torch.bincount(assign, minlength=num_codes).to(x.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        means = sums / counts.clamp_min(1).unsqueeze(1)
+        centres = torch.where((counts > 0).unsqueeze(1), means, centres)
+    return centres
+
+
+INITS = ("uniform", "kmeans")
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-code quantisation of a ``(B, D, *spatial)`` tensor with a straight-through gradient.
 
     Args:
         num_codes: codebook size K.
         dim: code dimension D (the input's size at dim 1).
-        beta: weight of the commitment loss, eq. vq-loss (0.25 in the paper).
+        beta: weight of the commitment loss, eq. vq-loss (0.25 in the paper). Both losses are *means* over
+            the ``N x D`` entries of the batch's vectors, not sums over D as written in eq. vq-loss.
         ema_decay: ``None`` trains the codebook by the codebook loss; a decay in [0, 1) instead updates it as
             an exponential moving average of the vectors assigned to each code, eq. ema-update (decay 0 is
-            one k-means step per batch). The codebook is then a buffer, not a parameter.
+            one k-means step per batch). The codebook is then a buffer, not a parameter. A code is
+            recomputed as m_k / N_k only in a call that assigns it vectors: in exact arithmetic an unused
+            code's ratio does not change, and in floating point its shrinking statistics would underflow.
         dead_code_threshold: ``None`` never restarts codes; a value ``t > 0`` moves every code whose moving
-            average share of assignments (decay ``usage_decay``) falls below ``t / K`` onto a random encoder
-            output of the current training batch.
+            average share of assignments (decay ``usage_decay``) falls below ``t / K`` onto an encoder
+            output of the current training batch, distinct codes onto distinct outputs (drawn without
+            replacement, as long as no more codes are dead than the batch has vectors).
         usage_decay: decay of the usage average that ``dead_code_threshold`` reads.
+        init: ``"uniform"``: codes uniform in [-1/K, 1/K] (the paper specifies no initialisation; this is the
+            choice of a widely copied third-party PyTorch port). ``"kmeans"``: at the first training call,
+            the codes become k-means centroids (``kmeans_iterations`` rounds) of that batch's vectors.
+        kmeans_iterations: Lloyd rounds of the k-means initialisation.
         chunk_size: rows scored at a time by :func:`nearest_code`.
 
-    Codes are initialised uniformly in [-1/K, 1/K], as in the paper's reference implementation; updates
-    (EMA, restarts) happen only in training mode and do not change the output of the call that makes them.
+    Updates (EMA, restarts) happen only in training mode and do not change the output of the call that
+    makes them; the k-means initialisation happens before the first training call quantises. The distance
+    search runs in float32 (or float64) even under autocast. The training path makes no host
+    synchronisation: restarts use ``torch.where``, and :attr:`restarts` (a buffer, saved in the state dict)
+    is read from the device only when asked for. A restart does not reset an optimiser's moments for the
+    code (the quantiser does not own the optimiser): with the codebook loss a dead code had zero gradient
+    for many steps, so Adam's first moment for it has already decayed (by beta_1 per step), and a stale
+    second moment only shortens its next steps.
     """
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, ema_decay: float | None = None,
-                 dead_code_threshold: float | None = None, usage_decay: float = 0.99, chunk_size: int = 4096):
+                 dead_code_threshold: float | None = None, usage_decay: float = 0.99, init: str = "uniform",
+                 kmeans_iterations: int = 10, chunk_size: int = 4096):
         super().__init__()
         self.num_codes = positive_int("num_codes", num_codes)
         self.dim = positive_int("dim", dim)
@@ -144,6 +192,8 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"`dead_code_threshold` must be None or in (0, 1], got {dead_code_threshold!r}")
         self.dead_code_threshold = dead_code_threshold
         self.usage_decay = fraction("usage_decay", usage_decay)
+        self.init = one_of("init", init, INITS)
+        self.kmeans_iterations = positive_int("kmeans_iterations", kmeans_iterations, minimum=0)
         self.chunk_size = positive_int("chunk_size", chunk_size)
         codes = torch.empty(num_codes, dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
         if ema_decay is None:
@@ -153,11 +203,19 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("cluster_size", torch.zeros(num_codes))  # EMA of counts n_k
             self.register_buffer("code_sum", torch.zeros(num_codes, dim))  # EMA of sums of assigned vectors
         self.register_buffer("usage", torch.full((num_codes,), 1.0 / num_codes))  # EMA of shares n_k / N
-        self.restarts = 0  # codes restarted so far (not saved in the state dict)
+        self.register_buffer("restart_count", torch.zeros((), dtype=torch.long))  # codes restarted so far
+        self.register_buffer("initialized", torch.tensor(init == "uniform"))
+        self._needs_init = init != "uniform"  # host copy of `not initialized`: no sync per call
+        self.register_load_state_dict_post_hook(_sync_init_flag)
+
+    @property
+    def restarts(self) -> int:
+        """Codes restarted so far (saved in the state dict; reading it synchronises with the device)."""
+        return int(self.restart_count)
 
     def extra_repr(self) -> str:
         return (f"num_codes={self.num_codes}, dim={self.dim}, beta={self.beta}, ema_decay={self.ema_decay}, "
-                f"dead_code_threshold={self.dead_code_threshold}")
+                f"dead_code_threshold={self.dead_code_threshold}, init={self.init!r}")
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Codes for an index grid ``(B, *spatial)`` as a ``(B, D, *spatial)`` tensor (for decoding a prior's samples)."""
@@ -168,7 +226,11 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, z: torch.Tensor) -> Quantized:
         flat = channels_last(z, self.dim)
-        indices = nearest_code(flat.detach(), self.codebook.detach().to(flat.dtype), self.chunk_size)
+        if self.training and self._needs_init:
+            self.initialize(flat)
+        # float16/bfloat16 inputs (autocast) are scored in float32: see nearest_code
+        search = flat.dtype if flat.dtype in (torch.float32, torch.float64) else torch.float32
+        indices = nearest_code(flat.detach().to(search), self.codebook.detach().to(search), self.chunk_size)
         codes = F.embedding(indices, self.codebook).to(flat.dtype)
         commitment = F.mse_loss(flat, codes.detach())
         if self.ema_decay is None:
@@ -189,6 +251,17 @@ class VectorQuantizer(nn.Module):
         )
 
     @torch.no_grad()
+    def initialize(self, flat: torch.Tensor) -> None:
+        """k-means initialisation from ``(N, D)`` vectors (``init="kmeans"``); the EMA statistics restart at 0."""
+        centres = kmeans(flat.detach().to(self.codebook.dtype), self.num_codes, self.kmeans_iterations)
+        self.codebook.copy_(centres)
+        if self.ema_decay is not None:
+            self.cluster_size.zero_()
+            self.code_sum.zero_()
+        self.initialized.fill_(True)
+        self._needs_init = False
+
+    @torch.no_grad()
     def update_codebook(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
         """The in-place updates of a training call: EMA step (if enabled), usage average, dead-code restarts."""
         counts = torch.bincount(indices, minlength=self.num_codes).to(self.usage.dtype)
@@ -196,22 +269,32 @@ class VectorQuantizer(nn.Module):
             gamma = self.ema_decay
             sums = torch.zeros_like(self.code_sum).index_add_(0, indices, flat.to(self.code_sum.dtype))
             # N_k <- gamma N_k + (1 - gamma) n_k ; m_k <- gamma m_k + (1 - gamma) sum_{i: k(i) = k} z_i ;
-            # e_k = m_k / N_k. Both start at 0, so the ratio needs no bias correction; a code with N_k = 0
-            # (never used, or decay 0 and unused now) keeps its value, as in k-means.
+            # e_k = m_k / N_k. Both start at 0, so the ratio needs no bias correction. Only codes assigned
+            # vectors now are recomputed: for the others the ratio is unchanged in exact arithmetic, while
+            # both statistics shrink towards float underflow (after ~9,000 unused steps at gamma = 0.99 in
+            # float32 their ratio is rounding noise).
             self.cluster_size.mul_(gamma).add_(counts, alpha=1 - gamma)
             self.code_sum.mul_(gamma).add_(sums, alpha=1 - gamma)
-            live = self.cluster_size > 0
-            self.codebook[live] = self.code_sum[live] / self.cluster_size[live].unsqueeze(1)
+            means = self.code_sum / self.cluster_size.clamp_min(torch.finfo(self.cluster_size.dtype).tiny).unsqueeze(1)
+            self.codebook.copy_(torch.where((counts > 0).unsqueeze(1), means.to(self.codebook.dtype), self.codebook))
         self.usage.mul_(self.usage_decay).add_(counts / len(indices), alpha=1 - self.usage_decay)
         if self.dead_code_threshold is None:
             return
-        dead = (self.usage < self.dead_code_threshold / self.num_codes).nonzero().flatten()
-        if len(dead) == 0:
-            return
-        pick = torch.randint(len(flat), (len(dead),), device=flat.device)
-        self.codebook[dead] = flat[pick].to(self.codebook.dtype)
-        self.usage[dead] = 1.0 / self.num_codes  # a fresh code gets the average share as a grace period
+        dead = self.usage < self.dead_code_threshold / self.num_codes  # (K,) bool, stays on the device
+        # the r-th dead code (r = 0, 1, ...) takes the r-th row of a random permutation of the batch:
+        # distinct rows for distinct codes (without replacement) whenever at most N codes are dead
+        rank = (dead.cumsum(0) - 1).clamp_min(0) % len(flat)
+        rows = torch.randperm(len(flat), device=flat.device)[rank]
+        candidates = flat[rows].to(self.codebook.dtype)
+        self.codebook.copy_(torch.where(dead.unsqueeze(1), candidates, self.codebook))
+        # a fresh code gets the average share as a grace period
+        self.usage.copy_(torch.where(dead, torch.full_like(self.usage, 1.0 / self.num_codes), self.usage))
         if self.ema_decay is not None:  # keep e_k = m_k / N_k for the restarted code
-            self.cluster_size[dead] = 1.0
-            self.code_sum[dead] = self.codebook[dead]
-        self.restarts += len(dead)
+            self.cluster_size.copy_(torch.where(dead, torch.ones_like(self.cluster_size), self.cluster_size))
+            self.code_sum.copy_(torch.where(dead.unsqueeze(1), candidates.to(self.code_sum.dtype), self.code_sum))
+        self.restart_count.add_(dead.sum())
+
+
+def _sync_init_flag(module: VectorQuantizer, incompatible_keys: object) -> None:
+    """After ``load_state_dict``: a loaded, initialised codebook is not initialised again."""
+    module._needs_init = not bool(module.initialized)

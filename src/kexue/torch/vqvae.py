@@ -46,50 +46,91 @@ class VQVAE(nn.Module):
         q = self.quantizer(self.encoder(x))
         return self.decoder(q.quantized), q
 
-    @torch.no_grad()
-    def encode_indices(self, x: torch.Tensor) -> torch.Tensor:
-        """The code-index grid ``(B, H', W')`` of images, without touching the quantiser's state."""
+    def _batched(self, x: torch.Tensor, batch_size: int, fn):
+        """Run ``fn`` on ``batch_size`` images at a time in eval mode (the quantiser's state untouched)."""
+        if x.ndim != 4:
+            raise ValueError(f"expected images of shape (batch, channels, height, width), got {tuple(x.shape)}")
+        batch_size = positive_int("batch_size", batch_size)
         was_training = self.training
         self.eval()
         try:
-            return self(x)[1].indices
+            with torch.no_grad():
+                return [fn(x[start:start + batch_size]) for start in range(0, len(x), batch_size)]
         finally:
             self.train(was_training)
+
+    def encode_indices(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """The code-index grids ``(B, H', W')`` of images, eq. vq-nearest, ``batch_size`` images at a time.
+
+        Encoder and quantiser only (no decoder), in eval mode (the quantiser's state is untouched); peak
+        memory is that of one batch, whatever ``len(x)`` is.
+        """
+        parts = self._batched(x, batch_size, lambda batch: self.quantizer(self.encoder(batch)).indices)
+        return torch.cat(parts)
+
+    def reconstruct(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Reconstructions ``decoder(z_q(x))`` of images, ``batch_size`` at a time, in eval mode."""
+        return torch.cat(self._batched(x, batch_size, lambda batch: self(batch)[0]))
+
+    def evaluate(self, x: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
+        """Mean squared error per pixel, perplexity (eq. perplexity) and distinct codes used, over all of ``x``.
+
+        Batched like :meth:`encode_indices`; code usage is counted with ``bincount`` over all batches, and the
+        device is read once, at the end.
+        """
+        def one(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            recon, q = self(batch)
+            counts = torch.bincount(q.indices.flatten(), minlength=self.quantizer.num_codes)
+            return F.mse_loss(recon, batch, reduction="sum"), counts
+
+        parts = self._batched(x, batch_size, one)
+        squared = torch.stack([p[0] for p in parts]).sum()
+        counts = torch.stack([p[1] for p in parts]).sum(0).double()
+        p = counts / counts.sum()
+        return {"mse": (squared / x.numel()).item(), "perplexity": (-torch.xlogy(p, p).sum()).exp().item(),
+                "used_codes": float((counts > 0).sum().item())}
 
     @torch.no_grad()
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Images decoded from a code-index grid ``(B, H', W')``, e.g. a prior's samples."""
-        return self.decoder(self.quantizer.lookup(indices))
+        codes = self.quantizer.lookup(indices)
+        return self.decoder(codes.to(self.decoder[0].weight.dtype))
 
 
 def train_vqvae(model: VQVAE, x_train: torch.Tensor, x_test: torch.Tensor, epochs: int, batch_size: int = 64,
-                lr: float = 2e-3, seed: int = 0) -> dict[str, list[float]]:
+                lr: float = 2e-3, seed: int = 0, max_batches: int | None = None,
+                eval_batch_size: int = 1024) -> dict[str, list[float]]:
     """Train with Adam on mean squared error + quantiser loss; return per-epoch curves.
 
     Keys: ``train_mse`` (mean over the epoch's batches), ``test_mse``, ``perplexity`` and ``used_codes``
-    (of the test set's code indices, in eval mode), ``restarts`` (cumulative, if the quantiser counts them).
+    (of the test set's code indices, in eval mode, :meth:`VQVAE.evaluate`), ``restarts`` (cumulative, if the
+    quantiser counts them). ``max_batches`` cuts every epoch short (a rehearsal's few steps). The loss is
+    accumulated on the device: one host read per epoch, not per step.
     """
     positive_int("epochs", epochs)
+    if max_batches is not None:
+        positive_int("max_batches", max_batches)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     order = torch.Generator().manual_seed(seed)
     history: dict[str, list[float]] = {k: [] for k in ("train_mse", "test_mse", "perplexity", "used_codes",
                                                        "restarts")}
     for _ in range(epochs):
         model.train()
-        total, batches = 0.0, 0
+        total, batches = torch.zeros((), device=x_train.device), 0
         for batch in shuffled_batches(x_train, batch_size, order):
             recon, q = model(batch)
             mse = F.mse_loss(recon, batch)
             opt.zero_grad()
             (mse + q.loss).backward()
             opt.step()
-            total, batches = total + mse.item(), batches + 1
-        model.eval()
-        with torch.no_grad():
-            recon, q = model(x_test)
-        history["train_mse"].append(total / batches)
-        history["test_mse"].append(F.mse_loss(recon, x_test).item())
-        history["perplexity"].append(q.perplexity.item())
-        history["used_codes"].append(float(q.indices.unique().numel()))
+            total, batches = total + mse.detach(), batches + 1
+            if max_batches is not None and batches >= max_batches:
+                break
+        scores = model.evaluate(x_test, eval_batch_size)
+        history["train_mse"].append(total.item() / batches)
+        history["test_mse"].append(scores["mse"])
+        history["perplexity"].append(scores["perplexity"])
+        history["used_codes"].append(scores["used_codes"])
         history["restarts"].append(float(getattr(model.quantizer, "restarts", 0)))
+    model.eval()
     return history
