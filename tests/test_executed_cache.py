@@ -41,8 +41,8 @@ def write_pair(folder, second_cell: str):
     return md
 
 
-def run_nbval(md, cache):
-    env = {**os.environ, "KEXUE_NB_CACHE": str(cache)}
+def run_nbval(md, cache, **variables):
+    env = {**os.environ, "KEXUE_NB_CACHE": str(cache), **variables}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.executed_cache",
          "--nbval-lax", "--nbval-current-env", str(md.with_suffix(".ipynb"))],
@@ -65,9 +65,12 @@ def test_a_passing_notebook_is_cached_under_its_myst_source(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_failing_notebook_is_not_cached(tmp_path):
-    md = write_pair(tmp_path, "assert 6 * 7 == 43, 'planted failure'")
-    result = run_nbval(md, tmp_path / "cache")
+def test_a_notebook_that_fails_loses_the_entry_an_earlier_pass_stored(tmp_path):
+    """Same code, passing then failing (its data or kexue changed): the build must not render the old pass."""
+    md = write_pair(tmp_path, "import os\nassert os.environ.get('PLANTED') != '1', 'planted failure'")
+    assert run_nbval(md, tmp_path / "cache").returncode == 0
+    assert get_cache(str(tmp_path / "cache")).match_cache_notebook(myst_notebook(md))
+    result = run_nbval(md, tmp_path / "cache", PLANTED="1")
     assert result.returncode != 0 and "planted failure" in result.stdout
     if (tmp_path / "cache").exists():
         with pytest.raises(KeyError):
@@ -104,3 +107,21 @@ def test_the_stamp_follows_the_scale(monkeypatch):
     quick = execution_stamp()
     monkeypatch.setenv("KEXUE_SCALE", "full")
     assert execution_stamp() != quick
+
+
+def test_the_stamp_follows_the_code_the_pins_and_the_keras_backend(tmp_path, monkeypatch):
+    (tmp_path / "src" / "kexue").mkdir(parents=True)
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / "src" / "kexue" / "mod.py").write_text("x = 1\n")
+    (tmp_path / "requirements.txt").write_text("numpy\n")
+    (tmp_path / ".ci" / "constraints.txt").write_text("numpy==2.0\n")
+    first = execution_stamp(tmp_path)
+    (tmp_path / "src" / "kexue" / "mod.py").write_text("x = 2\n")
+    edited = execution_stamp(tmp_path)
+    (tmp_path / ".ci" / "constraints.txt").write_text("numpy==2.1\n")
+    repinned = execution_stamp(tmp_path)
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    other_backend = execution_stamp(tmp_path)
+    assert len({first, edited, repinned, other_backend}) == 4
+    monkeypatch.setenv("KEXUE_NB_CACHE", str(tmp_path / "elsewhere"))  # where the cache is does not matter
+    assert execution_stamp(tmp_path) == other_backend
