@@ -116,3 +116,22 @@ def test_setup_cell_installs_the_release_on_colab_only_and_checks_it_everywhere(
     assert not any(name in calls[0] for name in ("torch", "tensorflow", "keras", "-U", "--upgrade"))
     with pytest.raises(AssertionError, match="release 9.9.9 of the book; it imported kexue"):
         run_setup_cell(on_colab=False, release="9.9.9")  # a notebook never runs against another kexue
+
+
+def test_a_released_version_is_not_changed_after_its_tag():
+    """Once v<version> is tagged, notebooks and kexue on this commit must be that tag's, or a new release.
+
+    The setup cell installs the tag on Colab and checks only the version string; a commit that changes
+    src/ or notebooks/ after the tag without `.ci/release` would run other code than the one installed.
+    """
+    import subprocess
+
+    git = ["git", "-C", str(ROOT)]
+    if subprocess.run([*git, "rev-parse", "--git-dir"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    tags = subprocess.run([*git, "tag", "--list", release_tag()], capture_output=True, text=True).stdout.split()
+    if not tags:
+        return  # the release is not tagged yet: this commit is (part of) what the tag will name
+    changed = subprocess.run([*git, "diff", "--name-only", release_tag(), "--", "src", "notebooks"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert not changed, f"{release_tag()} is tagged but these changed since; run .ci/release X.Y.Z: {changed}"
