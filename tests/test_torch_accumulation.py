@@ -173,22 +173,27 @@ def test_bad_optimizer():
 # --- the wrapper in real training loops: clipping, GradScaler, schedulers, checkpoints, composition ---
 
 
+def update(model, opt, clip=None, scaler=None, schedule=None):
+    """One optimizer update as a training loop makes it: unscale, clip, (scaler.)step, scheduler."""
+    if scaler:
+        scaler.unscale_(opt)
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    if schedule:
+        schedule.step()
+
+
 def big_batch_loop(model, opt, x, y, batch, clip=None, scaler=None, schedule=None):
     """The reference: one update per batch, clipped / scaled / scheduled as usual."""
     for start in range(0, len(x), batch):
         loss = F.cross_entropy(model(x[start:start + batch]), y[start:start + batch])
         (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(opt)
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        if schedule:
-            schedule.step()
+        update(model, opt, clip, scaler, schedule)
         opt.zero_grad()
 
 
@@ -200,17 +205,7 @@ def accumulated_loop(model, opt, x, y, micro, clip=None, scaler=None, schedule=N
         if opt.sync_gradients:
             if seen is not None:
                 seen.append([p.grad.clone() for p in model.parameters()])
-            if scaler:
-                scaler.unscale_(opt)
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            if schedule:
-                schedule.step()
+            update(model, opt, clip, scaler, schedule)
         else:
             opt.step()
         opt.zero_grad()
