@@ -185,3 +185,90 @@ def test_shadows_follow_the_model_to_another_device():
         pass
     ema.load_state_dict({"momentum": 0.9, "updates": 1, "shadow": [torch.zeros(s.shape) for s in ema.shadow]})
     assert all(s.device.type == "meta" for s in ema.shadow)
+
+
+def test_parameters_unfrozen_after_construction_are_averaged_as_averaged_model_does():
+    # fine-tuning: the first layer is frozen when the average is made and unfrozen later. The average used to
+    # track only the parameters that required a gradient at construction and never saw the unfrozen ones.
+    model = small_net()
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    ours = ExponentialMovingAverage(model, momentum=0.9)
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    train(model, 5, [ours.update, lambda: reference.update_parameters(model)])  # first layer frozen
+    for p in model[0].parameters():
+        p.requires_grad_(True)
+    train(model, 10, [ours.update, lambda: reference.update_parameters(model)])  # and now trained
+    assert len(ours.shadow) == len(list(model.parameters()))
+    for a, b in zip(ours.shadow, reference.module.parameters()):
+        assert torch.equal(a, b)
+    raw_first = model[0].weight.detach().clone()
+    with ours.swapped():
+        assert torch.equal(model[0].weight, reference.module[0].weight)
+    assert torch.equal(model[0].weight, raw_first)
+
+
+def power_profile(gamma, t):
+    """eq. power-profile: the weight of iterate i = 1..t in the t-th power-function average."""
+    i = np.arange(1, t + 1, dtype=np.float64)
+    return (i ** (gamma + 1) - (i - 1) ** (gamma + 1)) / t ** (gamma + 1)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 6.94])
+def test_power_function_average_has_the_derived_profile(gamma):
+    model = nn.Linear(3, 2).double()
+    ema = ExponentialMovingAverage(model, gamma=gamma)
+    iterates = []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+        iterates.append([p.detach().clone() for p in model.parameters()])
+        ema.update()
+    weights = power_profile(gamma, 40)
+    assert abs(weights.sum() - 1) < 1e-12
+    for k, s in enumerate(ema.shadow):
+        expected = sum(w * step[k] for w, step in zip(weights, iterates))
+        assert torch.allclose(s, expected, rtol=0, atol=1e-12)
+    assert ema.momentum_at(1) == 0 and abs(ema.momentum_at(4) - 0.75 ** (gamma + 1)) < 1e-15
+
+
+def test_power_function_average_with_gamma_zero_is_the_swa_average():
+    model = small_net().double()
+    ours = ExponentialMovingAverage(model, gamma=0)
+    reference = AveragedModel(model)  # its default: the uniform (SWA) average
+    train_double = [ours.update, lambda: reference.update_parameters(model)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        x, y = torch.randn(16, 6, generator=g).double(), torch.randn(16, 1, generator=g).double()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        for hook in train_double:
+            hook()
+    for a, b in zip(ours.shadow, reference.module.parameters()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-13)
+
+
+def test_power_function_average_validates_and_round_trips():
+    model = small_net()
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="gamma"):
+            ExponentialMovingAverage(model, gamma=bad)
+    with pytest.raises(TypeError, match="gamma"):
+        ExponentialMovingAverage(model, gamma=True)
+    with pytest.raises(ValueError, match="not both"):
+        ExponentialMovingAverage(model, momentum=0.9, gamma=1.0)
+    with pytest.raises(ValueError, match="t"):
+        ExponentialMovingAverage(model, gamma=1.0).momentum_at(0)
+    ema = ExponentialMovingAverage(model, gamma=3.0)
+    train(model, 4, [ema.update])
+    other = ExponentialMovingAverage(small_net(), gamma=3.0)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 4 and all(torch.equal(a, b) for a, b in zip(other.shadow, ema.shadow))
+    with pytest.raises(ValueError, match="gamma"):
+        ExponentialMovingAverage(small_net(), gamma=2.0).load_state_dict(ema.state_dict())
+    with pytest.raises(ValueError, match="gamma"):
+        ExponentialMovingAverage(small_net(), momentum=0.9).load_state_dict(ema.state_dict())
