@@ -10,7 +10,7 @@ import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 from kexue.capture import record  # noqa: E402
-from kexue.keras import (ExponentialMovingAverage, SeededPyDataset, SelfAttention,  # noqa: E402
+from kexue.keras import (EMAModelCheckpoint, ExponentialMovingAverage, SeededPyDataset, SelfAttention,  # noqa: E402
                          batches_seen_by_fit, capture)
 from tests.keras_backends import only_once, rerun_under_other_backend  # noqa: E402
 
@@ -265,6 +265,53 @@ def test_ema_state_survives_an_interrupted_fit_with_backup_and_restore(tmp_path)
     run([keras.callbacks.BackupAndRestore(backup), resumed])
     assert resumed.updates == whole.updates == 24 and not saved.exists()
     assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(resumed.averaged_weights(), whole.averaged_weights()))
+
+
+def test_a_model_checkpoint_restored_into_a_fresh_model_and_callback_resumes_the_same_average(tmp_path):
+    whole, pattern = ExponentialMovingAverage(0.8), str(tmp_path / "model_{epoch}.keras")
+    model = mlp()
+    model.fit(X, Y, batch_size=16, epochs=3, verbose=0, shuffle=False,
+              callbacks=[whole, EMAModelCheckpoint(whole, pattern)])
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert saved == [f"model_{e}.keras{suffix}" for e in (1, 2, 3) for suffix in ("", ".ema.npz")]
+    restored = keras.models.load_model(tmp_path / "model_2.keras")
+    resumed, fresh = ExponentialMovingAverage(0.8), ExponentialMovingAverage(0.8)
+    resumed.load(EMAModelCheckpoint.ema_path(tmp_path / "model_2.keras"))
+    for ema in (resumed, fresh):
+        net = keras.models.load_model(tmp_path / "model_2.keras")
+        net.fit(X, Y, batch_size=16, epochs=3, initial_epoch=2, verbose=0, shuffle=False, callbacks=[ema])
+    restored.fit(X, Y, batch_size=16, epochs=3, initial_epoch=2, verbose=0, shuffle=False)
+    assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(snapshot(restored.weights), snapshot(model.weights)))
+    assert resumed.updates == whole.updates == 24
+    assert all(np.abs(a - b).max() < 1e-6 for a, b in zip(resumed.averaged_weights(), whole.averaged_weights()))
+    # without the saved average, the resumed run's average restarts from a copy: it differs (the check can fail)
+    assert max(np.abs(a - b).max() for a, b in zip(fresh.averaged_weights(), whole.averaged_weights())) > 1e-3
+
+
+def test_ema_model_checkpoint_saves_the_average_only_with_a_checkpoint_and_checks_the_order(tmp_path):
+    ema, path = ExponentialMovingAverage(0.8), tmp_path / "best.keras"
+
+    class Losses(keras.callbacks.Callback):  # the monitored value, in a made-up order: best at epochs 1 and 3
+        def on_epoch_end(self, epoch, logs=None):
+            logs["made_up"] = [3.0, 4.0, 2.0, 5.0][epoch]
+
+    class Written(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.log = getattr(self, "log", []) + [np.load(EMAModelCheckpoint.ema_path(path))["counts"].max()]
+
+    written = Written()
+    mlp().fit(X, Y, batch_size=16, epochs=4, verbose=0, shuffle=False, callbacks=[
+        ema, Losses(), EMAModelCheckpoint(ema, path, monitor="made_up", mode="min", save_best_only=True), written])
+    assert written.log == [8, 8, 24, 24]  # rewritten only at epochs 1 and 3, with the average of that moment
+    with pytest.raises(RuntimeError, match="before"):  # saving every 2 batches, listed before the average
+        mlp().fit(X, Y, batch_size=16, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[EMAModelCheckpoint(ema, path, save_freq=2), ema])
+    with pytest.raises(RuntimeError, match="pass the ExponentialMovingAverage to fit"):
+        mlp().fit(X, Y, batch_size=16, epochs=1, verbose=0, callbacks=[EMAModelCheckpoint(ema, path)])
+    with pytest.raises(TypeError, match="ema"):
+        EMAModelCheckpoint(keras.callbacks.Callback(), path)
+    with pytest.raises(TypeError, match="checkpoint_path"):
+        EMAModelCheckpoint.ema_path(3)
 
 
 def test_ema_state_round_trips_and_is_checked(tmp_path):

@@ -14,8 +14,9 @@ average kept in the weights' own precision never moves. The callback refuses ``s
 backend (whose ``fit`` keeps the weights outside the model's variables during an epoch; untested here).
 
 The average is not part of the model, so ``model.save``, ``ModelCheckpoint`` and ``BackupAndRestore`` do not
-keep it: ``get_state``/``set_state`` and ``save``/``load`` do, and ``backup_path`` makes the callback save it at
-every epoch end and restore it at the start of ``fit``, as ``BackupAndRestore`` does for the model.
+keep it: ``get_state``/``set_state`` and ``save``/``load`` do; ``backup_path`` makes the callback save it at
+every epoch end and restore it at the start of ``fit``, as ``BackupAndRestore`` does for the model; and
+:class:`EMAModelCheckpoint`, a ``ModelCheckpoint``, writes the average next to every checkpoint it writes.
 
 Example::
 
@@ -65,6 +66,7 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
         self._counts: list[int] = []  # updates each shadow has taken (0: the next one copies)
         self._pending: dict | None = None  # a state set before the model was known
         self._step: Any = None
+        self._fit_updates = 0  # updates made by on_train_batch_end in the current fit (EMAModelCheckpoint checks it)
 
     @property
     def updates(self) -> int:
@@ -77,6 +79,7 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
             raise ValueError(f"ExponentialMovingAverage needs steps_per_execution=1, got {steps}: Keras calls "
                              "on_train_batch_end once per execution, so the average would skip steps")
         self.track(self.model)
+        self._fit_updates = 0
         if self.backup_path is not None and os.path.exists(self.backup_path):
             self.load(self.backup_path)
 
@@ -85,6 +88,7 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
             self.save(self.backup_path)
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self._fit_updates = 0  # a later fit without this callback must not look updated to EMAModelCheckpoint
         if self.backup_path is not None and os.path.exists(self.backup_path):
             os.remove(self.backup_path)
 
@@ -120,6 +124,7 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self.update()
+        self._fit_updates += 1
 
     def update(self) -> None:
         """One step of the average: a shadow's first update copies its weight (as Keras's ``use_ema`` does)."""
@@ -203,6 +208,66 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
 
     def get_config(self) -> dict:
         return {"momentum": self.momentum, "backup_path": self.backup_path}
+
+
+class EMAModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``keras.callbacks.ModelCheckpoint`` that also saves an average: whenever it writes a checkpoint ``path``
+    (every one, or only the best with ``save_best_only``), it writes ``ema``'s state to ``ema_path(path)``
+    (``path + ".ema.npz"``, see :meth:`ExponentialMovingAverage.save`).
+
+    To resume from checkpoint ``path``: ``model = keras.models.load_model(path)``, ``ema =
+    ExponentialMovingAverage(momentum)``, ``ema.load(EMAModelCheckpoint.ema_path(path))``, then
+    ``model.fit(..., initial_epoch=..., callbacks=[ema, ...])``: the average continues as if never stopped.
+
+    Args:
+        ema: the average, which must also be in ``fit``'s callbacks; the checkpoint raises ``RuntimeError`` if,
+            when it saves, the average has not yet been updated for every batch of this ``fit`` (the average
+            missing from ``fit``, or listed after a checkpoint that saves every few batches).
+        filepath, **kwargs: as for ``keras.callbacks.ModelCheckpoint``.
+    """
+
+    def __init__(self, ema: ExponentialMovingAverage, filepath: str | os.PathLike, **kwargs: Any):
+        if not isinstance(ema, ExponentialMovingAverage):
+            raise TypeError(f"`ema` must be a kexue ExponentialMovingAverage, got {type(ema).__name__}")
+        parent = keras.callbacks.ModelCheckpoint
+        if not (callable(getattr(parent, "_save_model", None)) and callable(getattr(parent, "_should_save_model",
+                                                                                        None))):
+            raise NotImplementedError(f"EMAModelCheckpoint hooks ModelCheckpoint._save_model and _should_save_model, "
+                                      f"which Keras {keras.__version__} does not have")
+        super().__init__(os.fspath(filepath), **kwargs)
+        self.ema = ema
+        self._batches = 0
+        self._saving: str | None = None
+
+    @staticmethod
+    def ema_path(checkpoint_path: str | os.PathLike) -> str:
+        """Where the average of checkpoint ``checkpoint_path`` is written: ``checkpoint_path + ".ema.npz"``."""
+        if not isinstance(checkpoint_path, (str, os.PathLike)):
+            raise TypeError(f"`checkpoint_path` must be a path, got {type(checkpoint_path).__name__}")
+        return os.fspath(checkpoint_path) + ".ema.npz"
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        self._batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self._batches += 1
+        super().on_train_batch_end(batch, logs)
+
+    def _should_save_model(self, epoch: int, batch: int | None, logs: dict, filepath: str) -> bool:
+        decision = super()._should_save_model(epoch, batch, logs, filepath)
+        self._saving = filepath if decision else None
+        return decision
+
+    def _save_model(self, epoch: int, batch: int | None, logs: dict) -> None:
+        self._saving = None
+        super()._save_model(epoch, batch, logs)  # asks _should_save_model, then saves the model (or not)
+        if self._saving is not None:
+            if self.ema._fit_updates != self._batches:
+                raise RuntimeError(f"the average has {self.ema._fit_updates} updates in this fit, the model "
+                                   f"{self._batches} steps: pass the ExponentialMovingAverage to fit, before "
+                                   "the EMAModelCheckpoint in `callbacks`")
+            self.ema.save(self.ema_path(self._saving))
 
 
 def _shadow_dtype(dtype: str) -> str:
