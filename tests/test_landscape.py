@@ -19,7 +19,8 @@ def quadratic(eigenvalues, seed=0):
 
 def test_top_eigenvalue_of_a_quadratic():
     a, x, loss = quadratic([0.5, 2.0, 7.0, 3.0])
-    assert power_iteration_eigenvalue(loss, [x], iters=500, tol=1e-10) == pytest.approx(7.0, rel=1e-6)
+    # float64 throughout: the estimate is exact to rounding (a norm taken in float32 left it ~1e-7 off)
+    assert power_iteration_eigenvalue(loss, [x], iters=500, tol=1e-14) == pytest.approx(7.0, rel=1e-12)
     assert top_hessian_eigenvalue(loss, [x], tol=1e-10) == pytest.approx(7.0, rel=1e-8)
     v = torch.randn(4, dtype=torch.float64)
     assert torch.allclose(hessian_vector_product(loss, [x], [v])[0], a @ v)
@@ -93,8 +94,60 @@ def test_probe_on_a_quadratic_is_exact():
         assert value == pytest.approx(float(0.5 * moved @ a @ moved))
         assert change == pytest.approx(float((s * a @ g).norm()))
     assert torch.equal(x.detach(), before)  # parameters restored
-    assert probe.effective_smoothness <= 4.0 + 1e-9
+    # On a quadratic the gradient change at step s is s A g, so every ratio of eq. probe is |A g| / |g|
+    assert probe.gradient_norm == pytest.approx(float(g.norm()), rel=1e-14)
+    assert probe.effective_smoothness == pytest.approx(float((a @ g).norm() / g.norm()), rel=1e-12)
+    assert probe.max_gradient_change == pytest.approx(float((0.2 * a @ g).norm()), rel=1e-12)
     assert probe.loss_range == pytest.approx(abs(probe.losses[0] - probe.losses[1]))
+
+
+def test_probe_of_a_quartic_takes_the_largest_ratio():
+    """L(x) = x^4 / 4 in one dimension: the gradient x^3 is not linear, so the ratios of eq. probe differ by step."""
+    x = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    steps = [0.1, 0.2, 0.4]
+    probe = probe_gradient_direction(lambda: (x ** 4).sum() / 4, [x], steps)
+    changes = [abs((1 - s) ** 3 - 1) for s in steps]  # g = 1 at x = 1; the gradient at 1 - s is (1 - s)^3
+    assert probe.gradient_changes == pytest.approx(changes, rel=1e-12)
+    assert probe.effective_smoothness == pytest.approx(max(c / s for c, s in zip(changes, steps)), rel=1e-12)
+    assert probe.max_gradient_change == pytest.approx(max(changes), rel=1e-12)
+    assert probe.loss_range == pytest.approx(((1 - 0.1) ** 4 - (1 - 0.4) ** 4) / 4, rel=1e-12)  # over the probed s
+
+
+def test_probe_keeps_float64_precision():
+    """Losses, gradient changes and norms of a float64 model are not rounded to float32 on the way."""
+    a, x, loss = quadratic([1.0, 1.0 + 1e-9, 3.0], seed=5)
+    g = (a @ x.detach())
+    probe = probe_gradient_direction(loss, [x], [1e-3, 2e-3])
+    for s, value, change in zip(probe.steps, probe.losses, probe.gradient_changes):
+        moved = x.detach() - s * g
+        assert value == pytest.approx(float(0.5 * moved @ a @ moved), rel=1e-13)
+        assert change == pytest.approx(float((s * a @ g).norm()), rel=1e-12)
+
+
+def test_probe_of_a_float32_model():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    xb, yb = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    probe = probe_gradient_direction(lambda: torch.nn.functional.cross_entropy(net(xb), yb), list(net.parameters()),
+                                     [0.1, 0.2])
+    assert probe.losses.dtype == np.float64 and np.isfinite(probe.losses).all() and probe.gradient_norm > 0
+
+
+def test_zero_hessian_and_unused_parameters():
+    """A loss linear in its parameters has a zero Hessian (not an error); a parameter that the loss does not
+    depend on at all is a mistake in `params`, reported by name."""
+    lin = torch.nn.Linear(3, 1).double()
+    xb = torch.randn(10, 3, dtype=torch.float64)
+    linear_loss = lambda: lin(xb).mean()  # noqa: E731
+    assert hessian_eigenvalues(linear_loss, list(lin.parameters())) == (0.0, 0.0)
+    assert power_iteration_eigenvalue(linear_loss, list(lin.parameters())) == 0.0
+    assert all((h == 0).all() for h in hessian_vector_product(linear_loss, list(lin.parameters()),
+                                                              [torch.ones_like(p) for p in lin.parameters()]))
+    unused = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"`params` at positions \[2\]"):
+        hessian_eigenvalues(linear_loss, [*lin.parameters(), unused])
+    with pytest.raises(ValueError, match="`params`"):
+        probe_gradient_direction(linear_loss, [*lin.parameters(), unused], [0.1])
 
 
 def test_bad_arguments():
@@ -113,4 +166,14 @@ def test_bad_arguments():
         hessian_eigenvalues(loss, [x], which="top")
     with pytest.raises(TypeError, match="`iters`"):
         power_iteration_eigenvalue(loss, [x], iters=2.5)
+    with pytest.raises(ValueError, match="`tol`"):
+        hessian_eigenvalues(loss, [x], tol=float("inf"))
+    with pytest.raises(TypeError, match="`steps`"):
+        probe_gradient_direction(loss, [x], "0.1")
+    with pytest.raises(TypeError, match="`params`"):
+        hessian_eigenvalues(loss, x)
+    with pytest.raises(ValueError, match="`loss_fn` must return a scalar"):
+        hessian_eigenvalues(lambda: x * 2, [x])
+    with pytest.raises(ValueError, match="`loss_fn` must return a loss that depends"):
+        top_hessian_eigenvalue(lambda: x.detach().sum(), [x])
     assert np.isfinite(power_iteration_eigenvalue(loss, [x], iters=3))

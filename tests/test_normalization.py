@@ -71,6 +71,10 @@ def test_bad_noise_arguments():
         NoisyBatchNorm1d(4, shift=-0.1)
     with pytest.raises(TypeError, match="`shift`"):
         NoisyBatchNorm1d(4, shift="1")
+    with pytest.raises(ValueError, match="`shift`"):
+        NoisyBatchNorm1d(4, shift=float("inf"))
+    with pytest.raises(ValueError, match="`noise_std`"):
+        NoisyBatchNorm2d(4, noise_std=float("nan"))
 
 
 def test_a_bias_before_bn_gets_no_gradient():
@@ -101,6 +105,43 @@ def test_network_variants_build_and_run(variant):
         assert all(m.bias is not None for m in weights)
 
 
+#: The layers of one hidden block, and of the head, in each variant (the chapter's list of variants).
+BLOCKS = {
+    "none": (["Linear", "ReLU"], ["Linear"]),
+    "none, careful init": (["Linear", "ReLU"], ["Linear"]),
+    "BN": (["Linear", "BatchNorm1d", "ReLU"], ["Linear"]),
+    "noisy BN": (["Linear", "NoisyBatchNorm1d", "ReLU"], ["Linear"]),
+    "LayerNorm": (["Linear", "LayerNorm", "ReLU"], ["Linear"]),
+    "BN before linear": (["BatchNorm1d", "Linear", "ReLU"], ["BatchNorm1d", "Linear"]),
+}
+
+
+@pytest.mark.parametrize("variant", NORM_VARIANTS)
+def test_each_variant_is_the_architecture_the_chapter_describes(variant):
+    block, head = BLOCKS[variant]
+    kinds = [type(m).__name__ for m in mlp_with_norm(variant, 64, depth=3)]
+    assert kinds == block * 3 + head
+    image_block = [{"Linear": "Conv2d", "BatchNorm1d": "BatchNorm2d", "NoisyBatchNorm1d": "NoisyBatchNorm2d",
+                    "LayerNorm": "GroupNorm"}.get(k, k) for k in block]
+    cnn = vgg_with_norm(variant, channels=(8, 16))
+    expected = (image_block * 2 + ["MaxPool2d"]) * 2 + ["AdaptiveAvgPool2d", "Flatten"] + head
+    assert [type(m).__name__ for m in cnn] == expected
+    assert all(m.num_groups == 1 for m in cnn if isinstance(m, torch.nn.GroupNorm))  # LayerNorm over (C, H, W)
+
+
+def test_careful_init_is_kaiming_for_relu_with_zero_biases():
+    torch.manual_seed(0)
+    mlp = mlp_with_norm("none, careful init", 256, width=512)
+    linears = [m for m in mlp if isinstance(m, torch.nn.Linear)]
+    for m in linears[:-1]:
+        assert m.weight.std().item() == pytest.approx((2 / m.in_features) ** 0.5, rel=0.02)
+    assert all((m.bias == 0).all() for m in linears)
+    default = [m for m in mlp_with_norm("none", 256, width=512) if isinstance(m, torch.nn.Linear)][0]
+    assert default.weight.std().item() < 0.7 * (2 / 256) ** 0.5  # PyTorch's default is smaller: a real change
+
+
 def test_unknown_variant():
     with pytest.raises(ValueError, match="`variant` must be one of"):
         mlp_with_norm("GroupNorm", 64)
+    with pytest.raises(ValueError, match="`channels`"):
+        vgg_with_norm("BN", channels=())

@@ -3,7 +3,12 @@
 After S. Santurkar, D. Tsipras, A. Ilyas, A. Madry, "How Does Batch Normalization Help Optimization?",
 NeurIPS 2018; Su Jianlin, "BN究竟起了什么作用?一个闭门造车的分析", 2019-10-11, https://kexue.fm/archives/6992.
 Works for any scalar ``loss_fn()`` (a closure over a model and a batch) and the tensors ``params`` it
-depends on; the parameters are restored after every probe.
+depends on; the parameters are restored after every probe. Other side effects of ``loss_fn`` are not undone:
+a model in training mode updates its BatchNorm running statistics at every evaluation, and dropout or noise
+layers draw from the global random state. Probe a copy (``copy.deepcopy``) of a model that is still training.
+Training and evaluation mode are different functions: in training mode BN normalises with the batch's
+statistics (the landscape Santurkar et al. and chapter 04 measure), in evaluation mode with its running
+statistics, an affine map whose Hessian is not the same.
 
 The curvature is read off Hessian-vector products (the Hessian is never formed): by power iteration,
 eq. ``power-iteration`` (:func:`power_iteration_eigenvalue`, the derivation), and by scipy's Lanczos solver
@@ -31,6 +36,8 @@ WHICH = ("largest", "smallest", "both")
 def _check(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if not callable(loss_fn):
         raise TypeError("`loss_fn` must be a callable that returns a scalar loss")
+    if isinstance(params, torch.Tensor):
+        raise TypeError("`params` must be a sequence of tensors (pass [tensor] for a single one)")
     params = list(params)
     if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
         raise ValueError("`params` must be a non-empty list of tensors that require grad")
@@ -38,22 +45,55 @@ def _check(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> list[torch.Tensor
 
 
 def _check_steps(steps: Sequence[float]) -> list[float]:
-    steps = [float(s) for s in steps]
+    try:
+        if isinstance(steps, (str, bytes)):
+            raise TypeError
+        steps = [float(s) for s in steps]
+    except (TypeError, ValueError):
+        raise TypeError(f"`steps` must be a sequence of real step sizes, got {steps!r}") from None
     if not steps or not all(math.isfinite(s) and s > 0 for s in steps):
         raise ValueError(f"`steps` must be positive finite step sizes, got {steps}")
     return steps
 
 
 def _check_tol(tol: float) -> float:
-    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol > 0:
-        raise ValueError(f"`tol` must be a positive number, got {tol!r}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"`tol` must be a positive finite number, got {tol!r}")
     return float(tol)
+
+
+def _loss(loss_fn: LossFn) -> torch.Tensor:
+    loss = loss_fn()
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError(f"`loss_fn` must return a scalar tensor, got {type(loss).__name__}"
+                         + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
+    return loss.reshape(())
+
+
+def _grad(loss: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
+    """d loss / d params; a tensor the loss does not depend on at all is an error, not a silent zero."""
+    if not loss.requires_grad:
+        raise ValueError("`loss_fn` must return a loss that depends on `params`")
+    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+    unused = [i for i, g in enumerate(grads) if g is None]
+    if unused:
+        raise ValueError(f"`params` at positions {unused} do not affect the loss")
+    return list(grads)
+
+
+def _second(dot: torch.Tensor, params: list[torch.Tensor], retain_graph: bool = False) -> list[torch.Tensor]:
+    """d dot / d params, where dot = <grad, v>: zero where the gradient does not depend on a parameter
+    (a loss linear in it has a zero Hessian, not an error)."""
+    if not dot.requires_grad:
+        return [torch.zeros_like(p) for p in params]
+    return list(torch.autograd.grad(dot, params, retain_graph=retain_graph, allow_unused=True,
+                                    materialize_grads=True))
 
 
 def gradient(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The gradient of ``loss_fn()`` with respect to ``params`` (detached)."""
     params = _check(loss_fn, params)
-    return [g.detach() for g in torch.autograd.grad(loss_fn(), params)]
+    return [g.detach() for g in _grad(_loss(loss_fn), params)]
 
 
 @torch.no_grad()
@@ -62,8 +102,13 @@ def _shift(params: list[torch.Tensor], direction: list[torch.Tensor], scale: flo
         p.add_(d, alpha=scale)
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least single precision (half precision is widened; float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.sqrt(sum((t.float() ** 2).sum() for t in tensors))
+    return torch.sqrt(sum((_wide(t) ** 2).sum() for t in tensors))
 
 
 @dataclass
@@ -102,13 +147,17 @@ def probe_gradient_direction(loss_fn: LossFn, params: Sequence[torch.Tensor], st
         _shift(params, g0, -s)
         try:
             with torch.enable_grad():
-                loss = loss_fn()
-                grads = torch.autograd.grad(loss, params)
-            losses.append(loss.detach().float())
+                loss = _loss(loss_fn)
+                grads = _grad(loss, params)
+            losses.append(_wide(loss.detach()))
             changes.append(_norm([g - h for g, h in zip(grads, g0)]))
         finally:
             _shift(params, g0, s)
-    values = torch.stack([_norm(g0), *losses, *changes]).cpu().numpy().astype(np.float64)
+    values = [_norm(g0), *losses, *changes]
+    dtype = values[0].dtype
+    for v in values[1:]:
+        dtype = torch.promote_types(dtype, v.dtype)
+    values = torch.stack([v.to(dtype) for v in values]).cpu().numpy().astype(np.float64)
     n = len(steps)
     return Probe(np.array(steps), values[1:1 + n], values[1 + n:], float(values[0]))
 
@@ -118,9 +167,9 @@ def hessian_vector_product(loss_fn: LossFn, params: Sequence[torch.Tensor],
     """H v for the Hessian H of ``loss_fn()`` at ``params``, by differentiating <grad, v> once more
     (eq. ``power-iteration``, last part)."""
     params = _check(loss_fn, params)
-    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+    grads = _grad(_loss(loss_fn), params, create_graph=True)
     dot = sum((g * v).sum() for g, v in zip(grads, vector))
-    return [h.detach() for h in torch.autograd.grad(dot, params)]
+    return [h.detach() for h in _second(dot, params)]
 
 
 def power_iteration_eigenvalue(loss_fn: LossFn, params: Sequence[torch.Tensor], iters: int = 100,
@@ -128,9 +177,11 @@ def power_iteration_eigenvalue(loss_fn: LossFn, params: Sequence[torch.Tensor], 
     """The Hessian eigenvalue of largest *magnitude* (with its sign) by power iteration, eq. ``power-iteration``.
 
     Iterates v <- H v / ||H v|| from a random start until the Rayleigh quotient v.Hv changes by less than
-    ``tol`` (relative) or ``iters`` products have been taken. This is the derivation; it converges at the
-    rate |lambda_2 / lambda_1| per product, so a small ``iters`` biases the estimate towards zero, and when the
-    most negative eigenvalue dominates it returns that one. :func:`hessian_eigenvalues` has neither problem.
+    ``tol`` (relative) or ``iters`` products have been taken (then it returns the last estimate). This is the
+    derivation; the vector converges at the rate |lambda_2 / lambda_1| per product and the estimate at its
+    square, so a small ``iters`` biases the estimate towards zero; when the most negative eigenvalue dominates it
+    returns that one, and when lambda and -lambda tie for the largest magnitude it does not converge at all.
+    :func:`hessian_eigenvalues` has none of these problems.
     """
     params = _check(loss_fn, params)
     iters = positive_int("iters", iters)
@@ -159,7 +210,7 @@ def hessian_operator(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> LinearO
     randomness (noisy BN) keeps the draw it made at that one evaluation.
     """
     params = _check(loss_fn, params)
-    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+    grads = _grad(_loss(loss_fn), params, create_graph=True)
     sizes = [p.numel() for p in params]
     n = sum(sizes)
 
@@ -167,7 +218,7 @@ def hessian_operator(loss_fn: LossFn, params: Sequence[torch.Tensor]) -> LinearO
         flat = torch.as_tensor(np.ravel(x), dtype=params[0].dtype).to(params[0].device)
         pieces = torch.split(flat, sizes)
         dot = sum((g * v.view_as(g).to(g.dtype)).sum() for g, v in zip(grads, pieces))
-        hv = torch.autograd.grad(dot, params, retain_graph=True)
+        hv = _second(dot, params, retain_graph=True)
         return torch.cat([h.reshape(-1).double() for h in hv]).cpu().numpy()
 
     return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64)
@@ -179,10 +230,10 @@ def hessian_eigenvalues(loss_fn: LossFn, params: Sequence[torch.Tensor], which: 
 
     scipy's implicitly restarted Lanczos solver (``eigsh``, ARPACK) on :func:`hessian_operator`, started from a
     fixed random vector (``seed``). It finds lambda_max as the top eigenvalue of H, then lambda_min as
-    c - (the top eigenvalue of c I - H) with c = max(lambda_max, 0): the shifted spectrum is >= 0 and its top is
-    c - lambda_min, so lambda_min is accurate to about ``tol * (c - lambda_min)`` even when it is close to zero
-    (ARPACK's own criterion is relative to each eigenvalue, and stalls on eigenvalues near zero). ``ncv`` is the number of
-    Lanczos vectors (scipy's default, at least 20, when None). ``which="largest"`` or ``"smallest"`` returns NaN
+    c - (the top eigenvalue of c I - H) with c = max(lambda_max, 0): the shifted spectrum is >= 0 (up to the
+    accuracy of lambda_max) and its top is c - lambda_min, so lambda_min is accurate to about
+    ``tol * (c - lambda_min)`` even when it is close to zero (ARPACK's own criterion is relative to each
+    eigenvalue, and stalls on eigenvalues near zero). ``ncv`` is the number of Lanczos vectors (scipy's default, at least 20, when None). ``which="largest"`` or ``"smallest"`` returns NaN
     for the other end. The step-size limit of eq. ``descent-lemma`` is set by ``max(|lambda_min|, |lambda_max|)``.
     """
     params = _check(loss_fn, params)
@@ -198,6 +249,8 @@ def hessian_eigenvalues(loss_fn: LossFn, params: Sequence[torch.Tensor], which: 
         low, high = float(values[0]), float(values[-1])
     else:
         v0 = np.random.default_rng(seed).standard_normal(n)
+        if not np.any(op.matvec(v0)):  # H v0 = 0 for a random v0: H = 0 (almost surely), which ARPACK rejects
+            return (0.0 if which != "largest" else math.nan), (0.0 if which != "smallest" else math.nan)
         ncv = None if ncv is None else min(ncv, n)
 
         def top(operator: LinearOperator, mode: str) -> float:

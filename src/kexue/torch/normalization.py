@@ -8,6 +8,7 @@ moved by noise that changes at every step.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -40,8 +41,8 @@ def _noise(shift: float, scale: float, noise_std: float) -> tuple[float, float, 
     for name, value, low in (("shift", shift, 0.0), ("scale", scale, 1.0), ("noise_std", noise_std, 0.0)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"`{name}` must be a real number >= {low:g}, got {value!r}")
-        if not value >= low:
-            raise ValueError(f"`{name}` must be >= {low:g}, got {value!r}")
+        if not (value >= low and math.isfinite(value)):
+            raise ValueError(f"`{name}` must be a finite number >= {low:g}, got {value!r}")
     return float(shift), float(scale), float(noise_std)
 
 
@@ -104,6 +105,8 @@ def mlp_with_norm(variant: str, in_features: int, width: int = 128, depth: int =
 def vgg_with_norm(variant: str, channels: tuple[int, ...] = (32, 64, 128), classes: int = 10) -> nn.Sequential:
     """A small VGG-style CNN for 3-channel images: per stage two 3x3 convolutions then 2x2 max-pooling."""
     one_of("variant", variant, NORM_VARIANTS)
+    if isinstance(channels, (str, bytes)) or not isinstance(channels, (tuple, list)) or not channels:
+        raise ValueError(f"`channels` must be a non-empty tuple of positive integers, got {channels!r}")
     conv = lambda n_in, n_out, bias: nn.Conv2d(n_in, n_out, 3, padding=1, bias=bias)  # noqa: E731
     layers: list[nn.Module] = []
     n_in = 3
