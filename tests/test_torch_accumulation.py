@@ -213,11 +213,13 @@ def accumulated_loop(model, opt, x, y, micro, clip=None, scaler=None, schedule=N
 
 def test_sync_gradients_marks_the_last_micro_batch():
     opt = GradientAccumulation(torch.optim.SGD(make_model().parameters(), lr=0.1), 3)
-    flags = []
+    flags, after = [], []
     for _ in range(7):
         flags.append(opt.sync_gradients)
         opt.step()
+        after.append(opt.sync_gradients)  # what a loop reading it after step() sees: the next micro-batch's
     assert flags == [False, False, True, False, False, True, False]
+    assert after == [False, True, False, False, True, False, False]
     assert GradientAccumulation(torch.optim.SGD(make_model().parameters(), lr=0.1), 1).sync_gradients
 
 
@@ -356,3 +358,42 @@ def test_a_newer_wrapper_takes_over_the_parameters():
     F.cross_entropy(model(x), y).backward()  # no live wrapper: the gradient is the plain one
     F.cross_entropy(big(x), y).backward()
     assert max((p.grad - q.grad).abs().max().item() for p, q in zip(model.parameters(), big.parameters())) < 1e-14
+
+
+def test_parameters_unfrozen_after_construction_are_averaged():
+    """Gradual unfreezing: a parameter frozen when the wrapper is built still gets its micro-gradients / n."""
+    x, y = make_data(128)
+    big, acc = make_model(), make_model()
+    for model in (big, acc):
+        for p in model[0].parameters():
+            p.requires_grad_(False)
+    opt_big = torch.optim.SGD(big.parameters(), lr=0.5)
+    opt = GradientAccumulation(torch.optim.SGD(acc.parameters(), lr=0.5), 4)
+    run(big, opt_big, x[:64], y[:64], micro=32)
+    run(acc, opt, x[:64], y[:64], micro=8)
+    frozen = [p.clone() for p in acc[0].parameters()]
+    for model in (big, acc):
+        for p in model[0].parameters():
+            p.requires_grad_(True)
+    run(big, opt_big, x[64:], y[64:], micro=32)
+    run(acc, opt, x[64:], y[64:], micro=8)
+    assert max((p - q).abs().max().item() for p, q in zip(acc[0].parameters(), frozen)) > 1e-3  # it trained
+    assert diff(big, acc) < 1e-12
+
+
+def test_optimizers_that_need_a_closure_are_refused():
+    with pytest.raises(ValueError, match="`optimizer` is a LBFGS"):
+        GradientAccumulation(torch.optim.LBFGS(make_model().parameters()), 2)
+
+
+def test_load_state_dict_rejects_partial_sums_of_the_wrong_shape():
+    x, y = make_data(8)
+    model = make_model()
+    opt = GradientAccumulation(torch.optim.SGD(model.parameters(), lr=0.1), 4)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match=r"`state_dict\['partial'\]\[0\]`"):
+        opt.load_state_dict({**state, "partial": [torch.zeros(3)] * 4})
+    opt.load_state_dict(state)
+    assert opt.micro_step == 1

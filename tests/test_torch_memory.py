@@ -46,3 +46,21 @@ def test_state_bytes_of_adam():
 def test_activation_bytes_wants_a_callable():
     with pytest.raises(TypeError, match="`forward` must be a callable"):
         activation_bytes(torch.ones(3))
+
+
+def test_state_bytes_measures_what_the_optimizer_holds():
+    """A wrapper's own buffers count (a P-sized one would show); the torch GradientAccumulation holds none."""
+    from kexue.torch import GradientAccumulation
+
+    model = mlp()
+    opt = GradientAccumulation(torch.optim.Adam(model.parameters()), 4)
+    for _ in range(4):  # one update: Adam's moments exist
+        model(torch.randn(4, 10)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    inner = state_bytes(model, opt.optimizer)
+    assert state_bytes(model, opt) == inner and inner["optimizer"] > 2 * inner["parameters"]
+    opt.buffer = [torch.zeros_like(p) for p in model.parameters()]  # what a summing wrapper would keep
+    assert state_bytes(model, opt)["optimizer"] == inner["optimizer"] + inner["parameters"]
+    with pytest.raises(TypeError, match="`optimizer`"):
+        state_bytes(model, model)

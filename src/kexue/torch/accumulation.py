@@ -5,6 +5,7 @@ Reference: Su Jianlin, "用时间换取效果:Keras梯度累积优化器", 2019-
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,18 @@ def _scale_by(owner: "weakref.ref[GradientAccumulation]", steps: int) -> Callabl
         return grad / steps if owner() is not None else None
 
     return hook
+
+
+def _register_hook(p: torch.Tensor, hook: Callable[[torch.Tensor], Any]) -> Any:
+    """``p.register_hook(hook)``, also for a parameter that is frozen now: the hook stays with the tensor
+    through ``requires_grad_`` changes, so a parameter unfrozen later is averaged like the others."""
+    if p.requires_grad:
+        return p.register_hook(hook)
+    p.requires_grad_(True)
+    try:
+        return p.register_hook(hook)
+    finally:
+        p.requires_grad_(False)
 
 
 class GradientAccumulation(OptimizerWrapper):
@@ -69,8 +82,11 @@ class GradientAccumulation(OptimizerWrapper):
                 opt.step()                       # counts the micro-batch
             opt.zero_grad()
 
+    Read :attr:`sync_gradients` before ``opt.step()``, as above: the updating step starts the next cycle.
+    Parameters frozen (``requires_grad=False``) when the wrapper is built are averaged too once unfrozen.
+
     Args:
-        optimizer: the ``torch.optim.Optimizer`` to wrap; this wrapper shares its ``param_groups``
+        optimizer: the ``torch.optim.Optimizer`` to wrap (not one whose ``step`` needs a closure, L-BFGS); this wrapper shares its ``param_groups``
             and ``state``, so learning-rate schedulers may be attached to either. A wrapper that counts
             steps (``Lookahead``) goes inside: ``GradientAccumulation(Lookahead(Adam(...)), n)``.
         steps: micro-batches per update, an integer >= 1.
@@ -94,6 +110,13 @@ class GradientAccumulation(OptimizerWrapper):
     _step_supports_amp_scaling = True  # GradScaler always calls step() and tells it about inf/nan
 
     def __init__(self, optimizer: torch.optim.Optimizer, steps: int):
+        closure = inspect.signature(optimizer.step).parameters.get("closure") if callable(
+            getattr(optimizer, "step", None)) else None
+        if closure is not None and closure.default is inspect.Parameter.empty:
+            raise ValueError(
+                f"`optimizer` is a {type(optimizer).__name__}, whose step() needs a closure to re-evaluate the loss "
+                "(a line search): each evaluation needs the whole batch, which accumulation does not have"
+            )
         self.steps = positive_int("steps", steps)
         self.micro_step = 0  # micro-batches received since the last update
         super().__init__(optimizer)
@@ -101,7 +124,12 @@ class GradientAccumulation(OptimizerWrapper):
 
     @property
     def sync_gradients(self) -> bool:
-        """True when the next :meth:`step` applies an update: ``p.grad`` then holds the mean gradient."""
+        """True when the next :meth:`step` applies an update: ``p.grad`` then holds the mean gradient.
+
+        Read it before ``step()``: the updating ``step()`` starts the next cycle, after which it is False
+        (for ``steps > 1``). Accelerate's attribute of that name stays True until the next micro-batch,
+        so a loop that tests it *after* ``optimizer.step()`` must read it before the step here.
+        """
         return self.micro_step + 1 == self.steps
 
     def _params(self) -> list[torch.Tensor]:
@@ -116,11 +144,11 @@ class GradientAccumulation(OptimizerWrapper):
         owner = weakref.ref(self)
         self._hooks = getattr(self, "_hooks", [])
         for p in self._params():
-            if not p.requires_grad or _owner_of(p) is self:
-                continue
+            if not (p.is_floating_point() or p.is_complex()) or _owner_of(p) is self:
+                continue  # integer tensors never get gradients
             if id(p) in _OWNERS:  # an older wrapper over this parameter: its hook goes, this one takes over
                 _OWNERS.pop(id(p))[2].remove()
-            handle = p.register_hook(_scale_by(owner, self.steps))
+            handle = _register_hook(p, _scale_by(owner, self.steps))
             _OWNERS[id(p)] = (weakref.ref(p), owner, handle)
             self._hooks.append(handle)
 
@@ -200,6 +228,12 @@ class GradientAccumulation(OptimizerWrapper):
                 f"`state_dict['partial']` holds {len(partial)} partial sums for {n_params} parameters "
                 f"(a state saved {micro_step} micro-batches into a cycle must hold them)"
             )
+        for i, (p, q) in enumerate(zip(self._params(), partial if micro_step > 0 else [])):
+            if q is not None and (not torch.is_tensor(q) or q.shape != p.shape):
+                raise ValueError(
+                    f"`state_dict['partial'][{i}]` must be None or a tensor of shape {tuple(p.shape)}, "
+                    f"got {tuple(q.shape) if torch.is_tensor(q) else type(q).__name__}"
+                )
         self.micro_step = micro_step
         if micro_step > 0:
             self._set_partial_sums(partial)

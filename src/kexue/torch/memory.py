@@ -39,10 +39,40 @@ def activation_bytes(forward: Callable[[], T], exclude: Iterable[torch.Tensor] =
     return out, sum(seen.values())
 
 
+def _held_tensors(obj: object, excluded: set, found: dict, visited: set) -> None:
+    """Collect the tensors ``obj`` holds: in containers, and in the attributes of optimizers (wrappers too)."""
+    if torch.is_tensor(obj):
+        key = _storage_key(obj)
+        if key not in excluded:
+            found[key] = max(found.get(key, 0), obj.numel() * obj.element_size())
+        return
+    if id(obj) in visited:
+        return
+    visited.add(id(obj))
+    if isinstance(obj, dict):
+        items = obj.values()  # an optimizer's state is keyed by the parameters themselves: not counted
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = obj
+    elif isinstance(obj, torch.optim.Optimizer):
+        items = vars(obj).values()
+    else:
+        return
+    for item in items:
+        _held_tensors(item, excluded, found, visited)
+
+
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-    """Bytes of the state that does not depend on the batch: parameters, gradients, optimizer state."""
+    """Bytes of the state that does not depend on the batch, the term :math:`(2+r)\\,P\\,w` of eq. ``memory-budget``.
+
+    ``parameters`` and ``gradients`` are the model's parameters and one gradient per trainable parameter
+    (whether or not ``.grad`` is allocated at the moment). ``optimizer`` is measured: every tensor the
+    optimizer object holds, counted once per storage and parameters excluded; its ``state`` and, for a
+    wrapper, the wrapped optimizer's and any buffer of the wrapper's own.
+    """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"`optimizer` must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
     params = [p for p in model.parameters()]
     sizes = {
         "parameters": sum(p.numel() * p.element_size() for p in params),
@@ -50,6 +80,9 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None 
         "optimizer": 0,
     }
     if optimizer is not None:
-        for state in optimizer.state.values():
-            sizes["optimizer"] += sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v))
+        excluded = {_storage_key(p) for group in optimizer.param_groups for p in group["params"]}
+        excluded |= {_storage_key(p) for p in params}
+        found: dict[tuple[str, int], int] = {}
+        _held_tensors(optimizer, excluded, found, set())
+        sizes["optimizer"] = sum(found.values())
     return sizes
