@@ -395,3 +395,97 @@ def test_fsq_follows_the_input_dtype():
     assert fsq.lookup(torch.arange(20)[:, None]).dtype == torch.get_default_dtype()
     with pytest.raises(TypeError):
         fsq.lookup(torch.arange(3)[:, None], dtype=torch.long)
+
+
+def test_code_counts_match_bincount():
+    from kexue.torch.vq import _code_counts
+
+    idx = torch.randint(0, 50, (7, 3, 4), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_code_counts(idx, 64), torch.bincount(idx.flatten(), minlength=64))
+
+
+def test_quantizer_loss_is_codebook_plus_beta_commitment():
+    torch.manual_seed(0)
+    z = torch.randn(4, 3, 2, 2)
+    for beta in (0.25, 2.0):
+        out = VectorQuantizer(8, 3, beta=beta)(z)
+        assert out.loss.item() == pytest.approx(out.codebook_loss.item() + beta * out.commitment_loss.item(), rel=1e-6)
+        assert out.commitment_loss.item() > 0
+
+
+def test_usage_is_a_moving_average_of_shares_with_a_grace_period_after_a_restart():
+    vq = VectorQuantizer(8, 2, dead_code_threshold=0.7, usage_decay=0.5)  # dead: usage below 0.7 / 8
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor([[10.0 * k, 0.0] for k in range(8)]))
+    z = torch.tensor([[0.0, 0.0]] * 30 + [[10.0, 0.0]] * 9 + [[20.0, 0.0]])[:, :, None]  # counts 30, 9, 1, 0...
+    vq(z)
+    expected = 0.5 / 8 + 0.5 * torch.tensor([30, 9, 1, 0, 0, 0, 0, 0]) / 40  # shares n_k / N, not counts
+    dead = expected < 0.7 / 8
+    assert dead.tolist() == [False, False] + [True] * 6  # code 2 is used, but rarely: it is restarted too
+    assert torch.allclose(vq.usage[~dead], expected[~dead])
+    assert torch.allclose(vq.usage[dead], torch.full((6,), 1 / 8))  # grace: a fresh code gets the average share
+    assert vq.restarts == 6
+
+
+def test_a_restarted_ema_code_keeps_its_statistics_consistent():
+    """After a restart, m_k / N_k is the new code: its next EMA update averages from there, not from 0."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 2, ema_decay=0.9, dead_code_threshold=0.5, usage_decay=0.5)
+    z = torch.randn(64, 2, 1) + 100.0  # one code wins everything, the others die and restart
+    for _ in range(3):
+        vq(z)
+    assert vq.restarts > 0
+    assert (vq.cluster_size > 0).all()  # every code was used or restarted (a restart sets N_k = 1)
+    assert torch.allclose(vq.code_sum / vq.cluster_size[:, None], vq.codebook, rtol=1e-5, atol=1e-4)
+    # every code is within the data's spread of some vector (the data sit near (100, 100)): none was dragged
+    # towards the origin by a stale sum, or thrown away by a stale count
+    assert (torch.cdist(vq.codebook, z.squeeze(-1)).min(dim=1).values < 3).all()
+
+
+def test_sampling_draws_every_position_from_its_own_uniform_at_the_given_temperature():
+    """A prior whose logits ignore the grid: every position is an independent draw from softmax(b / T)."""
+    torch.manual_seed(0)
+    prior = PixelCNNPrior(num_codes=4, height=2, width=3, hidden=8, layers=2).eval()
+    bias = torch.tensor([1.0, 0.0, -1.0, 0.5])
+    with torch.no_grad():
+        prior.head[-1].weight.zero_()
+        prior.head[-1].bias.copy_(bias)
+    n = 20_000
+    for temperature in (1.0, 2.0, 0.5):
+        p = torch.softmax(bias.double() / temperature, 0)
+        grids = prior.sample(n, generator=torch.Generator().manual_seed(1), temperature=temperature).flatten(1)
+        for i in range(6):  # chi-square, 3 degrees of freedom: 0.1% critical value 16.3
+            counts = torch.bincount(grids[:, i], minlength=4).double()
+            assert ((counts - n * p) ** 2 / (n * p)).sum().item() < 16.3, (temperature, i)
+        # neighbours independent: equal with probability sum p_k^2 (4 standard errors)
+        q = (p ** 2).sum().item()
+        for i, j in ((0, 1), (1, 2), (2, 3)):
+            same = (grids[:, i] == grids[:, j]).double().mean().item()
+            assert abs(same - q) < 4 * math.sqrt(q * (1 - q) / n), (temperature, i, j)
+
+
+def test_lookups_reject_indices_out_of_range_and_quantizer_rejects_integer_input():
+    with pytest.raises(ValueError, match=r"\[0, 9\)"):
+        FiniteScalarQuantizer((3, 3)).lookup(torch.tensor([[9]]))
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        VectorQuantizer(8, 2).lookup(torch.tensor([[8]]))
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        VectorQuantizer(8, 2).lookup(torch.tensor([[-1]]))
+    with pytest.raises(TypeError, match="floating"):
+        VectorQuantizer(8, 2)(torch.zeros(2, 2, 3, dtype=torch.long))
+    for bad in (dict(beta=True), dict(dead_code_threshold=True)):
+        with pytest.raises(ValueError):
+            VectorQuantizer(8, 2, **bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisation is a CUDA matter")
+def test_a_training_step_of_the_quantizer_never_synchronises_with_the_host():
+    vq = VectorQuantizer(64, 4, ema_decay=0.9, dead_code_threshold=0.5).cuda()
+    z = torch.randn(8, 4, 5, 5, device="cuda", requires_grad=True)
+    vq(z)  # warm-up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = vq(z)
+        (out.quantized.sum() + out.loss).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

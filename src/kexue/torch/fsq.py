@@ -56,11 +56,14 @@ class FiniteScalarQuantizer(nn.Module):
     def lookup(self, indices: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Grid points for an index grid ``(B, *spatial)`` as a ``(B, dim, *spatial)`` tensor of ``dtype``.
 
-        ``dtype`` defaults to torch's default dtype; pass the decoder's dtype (e.g. ``torch.float64``).
+        ``dtype`` defaults to torch's default dtype; pass the decoder's dtype (e.g. ``torch.float64``). Indices
+        outside ``[0, num_codes)`` raise ``ValueError`` (they would otherwise wrap onto other grid points).
         """
         if indices.dtype != torch.long or indices.ndim < 1:
             raise TypeError(f"`indices` must be a long tensor of shape (batch, ...), got {indices.dtype} "
                             f"{tuple(indices.shape)}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes):  # reads the device
+            raise ValueError(f"`indices` must lie in [0, {self.num_codes})")
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"`dtype` must be a floating torch.dtype, got {dtype!r}")

@@ -89,9 +89,20 @@ def codebook_perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     return _perplexity(indices, num_codes)
 
 
+def _code_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """How often each code ``0..num_codes-1`` occurs in ``indices`` (long, on the device of ``indices``).
+
+    ``torch.bincount(indices, minlength=num_codes)`` for indices already in range, but written as a scatter:
+    on CUDA, ``bincount`` reads the largest index back to the host to size its output (a synchronisation
+    per call); the scatter's size is known in advance, so a training step never waits for the device.
+    """
+    flat = indices.flatten()
+    return torch.zeros(num_codes, dtype=torch.long, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def _perplexity(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
     """:func:`codebook_perplexity` without the checks, for indices a quantiser has just produced."""
-    p = torch.bincount(indices.flatten(), minlength=num_codes).double() / indices.numel()
+    p = _code_counts(indices, num_codes).double() / indices.numel()
     return (-torch.xlogy(p, p).sum()).exp()  # xlogy(0, 0) = 0: no boolean mask, no host sync
 
 
@@ -129,7 +140,7 @@ def kmeans(x: torch.Tensor, num_codes: int, iterations: int = 10,
     centres = x[rows.to(x.device)].clone()
     for _ in range(iterations):
         assign = nearest_code(x, centres)
-        counts = torch.bincount(assign, minlength=num_codes).to(x.dtype)
+        counts = _code_counts(assign, num_codes).to(x.dtype)
         sums = torch.zeros_like(centres).index_add_(0, assign, x)
         means = sums / counts.clamp_min(1).unsqueeze(1)
         centres = torch.where((counts > 0).unsqueeze(1), means, centres)
@@ -179,7 +190,7 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.num_codes = positive_int("num_codes", num_codes)
         self.dim = positive_int("dim", dim)
-        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+        if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
             raise ValueError(f"`beta` must be a finite number >= 0, got {beta!r}")
         self.beta = float(beta)
         if ema_decay is not None:
@@ -187,8 +198,8 @@ class VectorQuantizer(nn.Module):
             if ema_decay == 1:
                 raise ValueError("`ema_decay` must be < 1: with decay 1 the codebook never moves")
         self.ema_decay = ema_decay
-        if dead_code_threshold is not None and not (isinstance(dead_code_threshold, (int, float))
-                                                    and 0 < dead_code_threshold <= 1):
+        if dead_code_threshold is not None and (isinstance(dead_code_threshold, bool) or not (
+                isinstance(dead_code_threshold, (int, float)) and 0 < dead_code_threshold <= 1)):
             raise ValueError(f"`dead_code_threshold` must be None or in (0, 1], got {dead_code_threshold!r}")
         self.dead_code_threshold = dead_code_threshold
         self.usage_decay = fraction("usage_decay", usage_decay)
@@ -218,13 +229,20 @@ class VectorQuantizer(nn.Module):
                 f"dead_code_threshold={self.dead_code_threshold}, init={self.init!r}")
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Codes for an index grid ``(B, *spatial)`` as a ``(B, D, *spatial)`` tensor (for decoding a prior's samples)."""
+        """Codes for an index grid ``(B, *spatial)`` as a ``(B, D, *spatial)`` tensor (for decoding a prior's samples).
+
+        Indices outside ``[0, num_codes)`` raise ``ValueError`` (the range check reads the device once).
+        """
         if indices.dtype != torch.long or indices.ndim < 1:
             raise TypeError(f"`indices` must be a long tensor of shape (batch, ...), got {indices.dtype} "
                             f"{tuple(indices.shape)}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes):  # reads the device
+            raise ValueError(f"`indices` must lie in [0, {self.num_codes})")
         return F.embedding(indices, self.codebook).movedim(-1, 1)
 
     def forward(self, z: torch.Tensor) -> Quantized:
+        if not z.is_floating_point():
+            raise TypeError(f"`z` must be a floating-point tensor, got {z.dtype}")
         flat = channels_last(z, self.dim)
         if self.training and self._needs_init:
             self.initialize(flat)
@@ -264,7 +282,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def update_codebook(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
         """The in-place updates of a training call: EMA step (if enabled), usage average, dead-code restarts."""
-        counts = torch.bincount(indices, minlength=self.num_codes).to(self.usage.dtype)
+        counts = _code_counts(indices, self.num_codes).to(self.usage.dtype)
         if self.ema_decay is not None:
             gamma = self.ema_decay
             sums = torch.zeros_like(self.code_sum).index_add_(0, indices, flat.to(self.code_sum.dtype))

@@ -14,7 +14,7 @@ from torch import nn
 
 from kexue._checks import positive_int
 from kexue.torch.batches import shuffled_batches
-from kexue.torch.vq import Quantized
+from kexue.torch.vq import Quantized, _code_counts
 
 
 class VQVAE(nn.Module):
@@ -75,12 +75,12 @@ class VQVAE(nn.Module):
     def evaluate(self, x: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
         """Mean squared error per pixel, perplexity (eq. perplexity) and distinct codes used, over all of ``x``.
 
-        Batched like :meth:`encode_indices`; code usage is counted with ``bincount`` over all batches, and the
-        device is read once, at the end.
+        Batched like :meth:`encode_indices`; code usage is counted by a scatter (no host read) over all batches,
+        and the device is read once, at the end.
         """
         def one(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             recon, q = self(batch)
-            counts = torch.bincount(q.indices.flatten(), minlength=self.quantizer.num_codes)
+            counts = _code_counts(q.indices, self.quantizer.num_codes)  # no host read per batch
             return F.mse_loss(recon, batch, reduction="sum"), counts
 
         parts = self._batched(x, batch_size, one)
