@@ -188,6 +188,119 @@ def test_bad_arguments_and_config():
     assert clone.lazy_variables == ["w"] and clone.rule == "sparse"
 
 
+class MaskedLazy(LazyOptimizer):
+    """The same wrapper forced onto its masked path (dense inner update, absent rows restored)."""
+
+    _row_wise_enabled = False
+
+
+ROW_WISE_OPTIMIZERS = {
+    "SGD": lambda: keras.optimizers.SGD(0.1),
+    "SGD-nesterov": lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+    "Adam": lambda: keras.optimizers.Adam(1e-2),
+    "Adam-amsgrad-clipnorm": lambda: keras.optimizers.Adam(1e-2, amsgrad=True, clipnorm=0.5),
+    "AdamW": lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.1),
+    "Adamax": lambda: keras.optimizers.Adamax(1e-2),
+    "RMSprop-centred-momentum": lambda: keras.optimizers.RMSprop(1e-2, momentum=0.5, centered=True),
+    "Adagrad": lambda: keras.optimizers.Adagrad(0.1),
+    "Adadelta": lambda: keras.optimizers.Adadelta(1.0),
+    "Lion": lambda: keras.optimizers.Lion(1e-3),
+    "Adam-schedule": lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(1e-2, 3, 0.5)),
+}
+
+
+RNG_START = np.random.default_rng(2).standard_normal((50, 3)).astype("float32")
+
+
+def lazy_run(cls, make, rule="sparse", steps=10):
+    """A table (rows 20.. never touched) and a dense kernel, stepped together; returns everything it holds."""
+    rng = np.random.default_rng(1)
+    table = keras.Variable(RNG_START, name="embeddings")
+    kernel = keras.Variable(np.ones((4, 3), "float32"), name="kernel")
+    opt = cls(make(), rule=rule)
+    for _ in range(steps):
+        g = np.zeros((50, 3), "float32")
+        g[rng.integers(0, 20, 5)] = rng.standard_normal((5, 3))
+        kernel_grad = rng.standard_normal((4, 3)).astype("float32")
+        opt.apply([keras.ops.convert_to_tensor(g), keras.ops.convert_to_tensor(kernel_grad)], [table, kernel])
+    return opt, [np.array(table), np.array(kernel)] + [np.array(s) for s in opt.slots_of(table)]
+
+
+@pytest.mark.parametrize("name", ROW_WISE_OPTIMIZERS)
+def test_row_wise_path_equals_the_masked_path(name):
+    row_wise, state = lazy_run(LazyOptimizer, ROW_WISE_OPTIMIZERS[name])
+    masked, reference = lazy_run(MaskedLazy, ROW_WISE_OPTIMIZERS[name])
+    assert row_wise.row_wise() and not masked.row_wise()
+    assert len(state) == len(reference) >= 2
+    for a, b in zip(state, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(state[0][20:], RNG_START[20:]) and not np.array_equal(state[0][:20], RNG_START[:20])
+    assert int(row_wise.iterations) == int(masked.iterations) == 10
+
+
+@pytest.mark.parametrize("make", [lambda: keras.optimizers.Nadam(1e-2), lambda: keras.optimizers.Ftrl(0.1),
+                                  lambda: keras.optimizers.Adam(1e-2, global_clipnorm=1.0)])
+def test_masked_path_where_the_row_wise_one_does_not_apply(make):
+    opt, state = lazy_run(LazyOptimizer, make)
+    assert not opt.row_wise() and np.array_equal(state[0][20:], RNG_START[20:])
+    essay, _ = lazy_run(LazyOptimizer, lambda: keras.optimizers.Adam(1e-2), rule="essay", steps=1)
+    assert not essay.row_wise()  # the essay's rule decays every row's moments: no row-wise shortcut
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="IndexedSlices gradients are tensorflow's")
+def test_indexed_slices_with_duplicate_indices():
+    """What an Embedding's gradient is on tensorflow: one row per lookup, repeated ids summed."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    kinds = ("slices", "dense", "masked", "masked-slices")
+    tables = {kind: keras.Variable(RNG_START, name="embeddings") for kind in kinds}
+    opts = {kind: (MaskedLazy if kind.startswith("masked") else LazyOptimizer)(keras.optimizers.Adam(1e-2))
+            for kind in kinds}
+    for _ in range(6):
+        ids = np.array([3, 7, 3, 11, 3, 7, 19, 19], "int32")
+        values = rng.standard_normal((len(ids), 3)).astype("float32")
+        values[6], values[7] = 1.0, -1.0  # row 19 is looked up twice, but its gradient sums to zero: absent
+        dense = np.zeros((50, 3), "float32")
+        np.add.at(dense, ids, values)
+        for kind in kinds:
+            slices = tf.IndexedSlices(tf.constant(values), tf.constant(ids), tf.constant([50, 3]))
+            opts[kind].apply([slices if kind.endswith("slices") else tf.constant(dense)], [tables[kind]])
+    for kind in ("slices", "dense", "masked-slices"):  # repeated ids summed first on both paths
+        np.testing.assert_allclose(np.array(tables[kind]), np.array(tables["masked"]), rtol=1e-6, atol=1e-7)
+    moved = np.flatnonzero(np.any(np.array(tables["slices"]) != RNG_START, axis=1))
+    assert moved.tolist() == [3, 7, 11]
+
+
+def test_row_wise_path_in_fit_with_an_embedding():
+    results = []
+    for cls in (LazyOptimizer, MaskedLazy):
+        model = embedding_model()
+        model.compile(optimizer=cls(keras.optimizers.Adam(1e-2)),
+                      loss=lambda y, p: keras.ops.mean((keras.ops.sum(p, axis=-1, keepdims=True) - y) ** 2))
+        model.fit(IDS, TARGET, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        assert model.optimizer.row_wise() == (cls is LazyOptimizer)
+        results.append(model.layers[0].get_weights()[0])
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+    assert np.abs(results[0][:40] - embedding_model().layers[0].get_weights()[0][:40]).max() > 1e-3
+
+
+def test_an_empty_apply_is_not_a_step():
+    """As Keras's own ``apply([], [])``: nothing moves and no step is counted (Lookahead's schedule included)."""
+    w = keras.Variable([0.0])
+    opt = Lookahead(keras.optimizers.SGD(1.0), sync_period=2, slow_step_size=0.5)
+    opt.apply([keras.ops.convert_to_tensor([-1.0])], [w])
+    opt.apply([], [])
+    assert int(opt.iterations) == 1 and np.array(w)[0] == 1.0
+    opt.apply([keras.ops.convert_to_tensor([-1.0])], [w])  # the second real step: the sync, 0 + 0.5 * (2 - 0)
+    assert np.array(w)[0] == 1.0 and int(opt.iterations) == 2
+    table = keras.Variable(np.zeros((3, 2), "float32"), name="embeddings")
+    lazy = LazyOptimizer(keras.optimizers.Adam(1e-2))
+    lazy.apply([keras.ops.ones((3, 2))], [table])
+    lazy.apply([], [])
+    assert int(lazy.iterations) == 1
+
+
 @only_once
 def test_the_other_backend():
     rerun_under_other_backend(__file__, BACKEND)

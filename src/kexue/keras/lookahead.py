@@ -71,7 +71,7 @@ class Lookahead(OptimizerWrapper):
 
     def apply(self, grads: list[Any], trainable_variables: list[keras.Variable] | None = None) -> None:
         grads, variables = self._gradients_and_variables(grads, trainable_variables)
-        if not grads:
+        if not grads:  # reached with an empty list, or when every variable is `overwrite_with_gradient`
             return
         slow = [self._slow_weights[self._get_variable_index(v)] for v in variables]
 
