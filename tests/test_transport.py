@@ -11,7 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import ot  # noqa: E402
 from ot.datasets import make_1D_gauss  # noqa: E402
 
-from kexue.torch.wgan import clip_weights_, gradient_penalty, mlp_critic, train_wgan  # noqa: E402
+from kexue.torch.wgan import (clip_weights_, critic_loss, generator_loss, gradient_penalty, mlp_critic,  # noqa: E402
+                              train_wgan)
 from kexue.transport import (check_problem, kantorovich_rubinstein, marginal_operator, sinkhorn,  # noqa: E402
                              wasserstein_1d, wasserstein_dual, wasserstein_primal)
 
@@ -136,7 +137,7 @@ def test_sinkhorn_warns_when_unconverged():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda a, b, c: wasserstein_primal(a, b[:-1], c), "shape"),
+    (lambda a, b, c: wasserstein_primal(a, b[:-1], c), "`cost` has shape .* `a` and `b` have lengths 12 and 8"),
     (lambda a, b, c: wasserstein_primal(a, 2 * b, c), "same total mass"),
     (lambda a, b, c: wasserstein_primal(a, b * (1 + 1e-5), c), "same total mass"),
     (lambda a, b, c: wasserstein_dual(-a, b, c), "non-negative"),
@@ -151,10 +152,48 @@ def test_bad_input(call, match):
         call(a, b, ot.dist(x, y))
 
 
+def test_wasserstein_1d_refuses_what_it_would_compute_wrongly():
+    rng = np.random.default_rng(6)
+    with pytest.raises(ValueError, match="1-D"):  # flattening would mix the columns POT keeps apart
+        wasserstein_1d(rng.standard_normal((5, 2)), rng.standard_normal((5, 2)))
+    with pytest.raises(ValueError, match="finite"):  # sum ** (1 / inf) would return 1
+        wasserstein_1d([0.0, 1.0], [0.0, 5.0], np.inf)
+    with pytest.raises(TypeError, match="`p`"):
+        wasserstein_1d([0.0, 1.0], [0.0, 5.0], "2")
+    with pytest.raises(ValueError, match="`a` must hold one mass per point"):
+        kantorovich_rubinstein(np.zeros((3, 2)), [1.0, 0, 0, 0], [0, 0, 1.0])
+
+
+def test_critic_and_generator_losses():
+    real, fake = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 1.0])
+    assert critic_loss(real, fake).item() == pytest.approx(-1.5)  # E D(fake) - E D(real)
+    assert generator_loss(fake).item() == pytest.approx(-0.5)
+
+
+def test_gradient_penalty_is_exact_on_known_critics():
+    linear = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[3.0, 4.0]]))  # |grad D| = 5 everywhere: penalty (5 - 1)^2
+    real, fake = torch.randn(8, 2), torch.randn(8, 2)
+    penalty = gradient_penalty(linear, real, fake)
+    assert penalty.item() == pytest.approx(16.0, rel=1e-6)
+    penalty.backward()  # d/dw (|w| - 1)^2 = 2 (|w| - 1) w / |w|: the penalty reaches the critic's weights
+    assert torch.allclose(linear.weight.grad, torch.tensor([[4.8, 6.4]]), rtol=1e-5)
+
+    class HalfSquare(torch.nn.Module):  # D(x) = |x|^2 / 2, grad D(x) = x: the penalty sees the interpolated points
+        def forward(self, x):
+            return 0.5 * (x ** 2).sum(dim=1)
+
+    real, fake = torch.tensor([[2.0, 0.0], [0.0, 3.0]]), torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    t = torch.rand((2, 1), generator=torch.Generator().manual_seed(3))
+    expected = ((torch.linalg.vector_norm(t * real + (1 - t) * fake, dim=1) - 1) ** 2).mean()
+    value = gradient_penalty(HalfSquare(), real, fake, generator=torch.Generator().manual_seed(3))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_wgan_pieces():
     critic = mlp_critic(2)
     real, fake = torch.randn(16, 2), torch.randn(16, 2)
-    assert gradient_penalty(critic, real, fake).item() >= 0
     clip_weights_(critic, 0.01)
     assert all(p.abs().max() <= 0.01 for p in critic.parameters())
     with pytest.raises(ValueError, match="same shape"):
@@ -166,6 +205,12 @@ def test_wgan_pieces():
     data = torch.randn(256, 2) * 0.1 + 1
     with pytest.raises(ValueError, match="`variant`"):
         train_wgan(data, "lsgan", 1)
+    with pytest.raises(TypeError, match="`data`"):
+        train_wgan(torch.ones(64, 2, dtype=torch.long), "gp", 1)
+    with pytest.raises(ValueError, match="`data` must be finite"):
+        train_wgan(data * float("nan"), "gp", 1)
+    with pytest.raises(TypeError, match="`seed`"):
+        train_wgan(data, "gp", 1, seed=1.5)
 
 
 @pytest.mark.parametrize("variant", ["sn", "gp"])

@@ -38,17 +38,18 @@ def check_problem(a: np.ndarray, b: np.ndarray, cost: np.ndarray) -> tuple[np.nd
     if a.ndim != 1 or b.ndim != 1 or len(a) == 0 or len(b) == 0:
         raise ValueError(f"`a` and `b` must be non-empty 1-D mass vectors, got shapes {a.shape} and {b.shape}")
     if cost.shape != (len(a), len(b)):
-        raise ValueError(f"`cost` must have shape ({len(a)}, {len(b)}), got {cost.shape}")
+        raise ValueError(f"`cost` has shape {cost.shape} but `a` and `b` have lengths {len(a)} and {len(b)}: "
+                         f"expected ({len(a)}, {len(b)})")
     for name, v in (("a", a), ("b", b)):
         if not np.all(np.isfinite(v)) or np.any(v < 0):
             raise ValueError(f"`{name}` must be finite and non-negative")
         if not v.sum() > 0:
-            raise ValueError(f"`{name}` must have a positive total mass, got {v.sum()!r}")
+            raise ValueError(f"`{name}` must have a positive total mass, got {float(v.sum())!r}")
     if not np.all(np.isfinite(cost)):
         raise ValueError("`cost` must be finite")
     if abs(a.sum() - b.sum()) > MASS_RTOL * max(a.sum(), b.sum()):
         raise ValueError(f"`a` and `b` must have the same total mass (relative tolerance {MASS_RTOL}): "
-                         f"{a.sum()!r} vs {b.sum()!r}")
+                         f"{float(a.sum())!r} vs {float(b.sum())!r}")
     return a, b * (a.sum() / b.sum()), cost
 
 
@@ -126,6 +127,9 @@ def kantorovich_rubinstein(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> 
         points = points[:, None]
     if points.ndim != 2 or len(points) < 2 or not np.all(np.isfinite(points)):
         raise ValueError(f"`points` must be a finite (k, dim) array with k >= 2, got shape {points.shape}")
+    for name, v in (("a", a), ("b", b)):
+        if np.ndim(v) != 1 or len(v) != len(points):
+            raise ValueError(f"`{name}` must hold one mass per point ({len(points)}), got shape {np.shape(v)}")
     dist = np.linalg.norm(points[:, None] - points[None], axis=-1)
     a, b, _ = check_problem(a, b, dist)
     mass, scale = a.sum(), _cost_scale(dist)
@@ -145,13 +149,20 @@ def wasserstein_1d(x: np.ndarray, y: np.ndarray, p: float = 1) -> float:
     """W_p between the empirical distributions of samples ``x`` and ``y`` on the line, eq. ``quantiles``.
 
     W_p^p = int_0^1 |F^{-1}(t) - G^{-1}(t)|^p dt, computed exactly on the merged grid of the two step quantile
-    functions (sorting; any sample sizes).
+    functions (sorting; any sample sizes). ``x`` and ``y`` are 1-D: unlike POT's ``wasserstein_1d``, which treats
+    the columns of a 2-D array as separate problems, a 2-D array is refused rather than flattened. ``p`` is a finite
+    exponent >= 1.
     """
-    x, y = np.sort(np.asarray(x, dtype=np.float64).ravel()), np.sort(np.asarray(y, dtype=np.float64).ravel())
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.ndim != 1 or y.ndim != 1:
+        raise ValueError(f"`x` and `y` must be 1-D samples, got shapes {x.shape} and {y.shape}")
+    x, y = np.sort(x), np.sort(y)
     if len(x) == 0 or len(y) == 0 or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError("`x` and `y` must be non-empty and finite")
-    if not p >= 1:
-        raise ValueError(f"`p` must be >= 1, got {p!r}")
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`p` must be a real number, got {type(p).__name__}")
+    if not (np.isfinite(p) and p >= 1):
+        raise ValueError(f"`p` must be a finite number >= 1, got {p!r}")
     grid = np.union1d(np.arange(1, len(x) + 1) / len(x), np.arange(1, len(y) + 1) / len(y))
     widths = np.diff(np.r_[0.0, grid])
     mids = grid - widths / 2

@@ -7,6 +7,7 @@ T. Miyato et al., "Spectral Normalization for Generative Adversarial Networks", 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -85,25 +86,33 @@ def train_wgan(data: torch.Tensor, variant: str, iterations: int, n_critic: int 
     fixes the initialisation (drawn from a forked CPU RNG) and a private ``torch.Generator`` on ``data``'s device
     that draws every batch; the global RNG is neither seeded nor advanced. The networks are returned in eval mode.
 
-    Defaults differ from the papers, which trained image models: the WGAN paper used RMSProp (lr 5e-5) with
-    clipping at 0.01, WGAN-GP Adam (lr 1e-4, betas (0, 0.9)) with ``gp_weight`` 10, SN-GAN Adam (lr 1e-4 to 2e-4).
-    Here all three variants share Adam (lr 5e-4, betas (0.5, 0.9)) so that only the Lipschitz constraint differs,
-    with ``clip`` 0.05 and ``gp_weight`` 1 chosen for short runs of these small 2-D MLPs.
+    Defaults and the papers: for images the WGAN paper used RMSProp (lr 5e-5) with clipping at 0.01, WGAN-GP Adam
+    (lr 1e-4, betas (0, 0.9)) with ``gp_weight`` 10, SN-GAN Adam (lr 1e-4 to 2e-4). For these 2-D toys WGAN-GP's
+    released script (gan_toy.py: 8 Gaussians, 25 Gaussians, Swiss roll) uses 512-unit MLPs, batch 256, 5 critic
+    steps, Adam (lr 1e-4, betas (0.5, 0.9)) with ``gp_weight`` 0.1, and RMSProp (lr 5e-5) with clipping at 0.01.
+    Here all three variants share that Adam (betas (0.5, 0.9), batch 256, 5 critic steps) at lr 5e-4 so that only
+    the Lipschitz constraint differs, with 128-unit MLPs, ``clip`` 0.05 and ``gp_weight`` 1 chosen for short runs.
     """
     one_of("variant", variant, VARIANTS)
     iterations, n_critic = positive_int("iterations", iterations), positive_int("n_critic", n_critic)
     batch_size, eval_every = positive_int("batch_size", batch_size), positive_int("eval_every", eval_every)
     if not isinstance(data, torch.Tensor) or data.dim() != 2 or len(data) == 0:
         raise ValueError(f"`data` must be a non-empty (n, dim) tensor, got {getattr(data, 'shape', type(data))}")
+    if not data.is_floating_point():
+        raise TypeError(f"`data` must be a floating-point tensor, got {data.dtype}")
+    if not bool(torch.isfinite(data).all()):  # one check before training, not a sync per step
+        raise ValueError("`data` must be finite")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
     for name, value in (("lr", lr), ("clip", clip), ("gp_weight", gp_weight)):
         if not value > 0:
             raise ValueError(f"`{name}` must be positive, got {value!r}")
     device, dim = data.device, data.shape[1]
     with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)  # CPU only, restored on exit
+        torch.random.default_generator.manual_seed(int(seed))  # CPU only, restored on exit
         gen, critic = mlp_generator(noise_dim, dim), mlp_critic(dim, spectral=variant == "sn")
     gen, critic = gen.to(device=device, dtype=data.dtype), critic.to(device=device, dtype=data.dtype)
-    rng = torch.Generator(device=device).manual_seed(seed)
+    rng = torch.Generator(device=device).manual_seed(int(seed))
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.9))
 
