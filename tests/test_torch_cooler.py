@@ -272,3 +272,24 @@ def test_power_function_average_validates_and_round_trips():
         ExponentialMovingAverage(small_net(), gamma=2.0).load_state_dict(ema.state_dict())
     with pytest.raises(ValueError, match="gamma"):
         ExponentialMovingAverage(small_net(), momentum=0.9).load_state_dict(ema.state_dict())
+
+
+def test_refuses_a_model_without_float_parameters_a_swap_before_any_update_and_bad_update_counts():
+    class Counter(nn.Module):  # an integer parameter only: nothing to average
+        def __init__(self):
+            super().__init__()
+            self.count = nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
+
+    with pytest.raises(ValueError, match="no floating-point parameters"):  # used to fail later, inside update()
+        ExponentialMovingAverage(Counter())
+    model = small_net()
+    ema = ExponentialMovingAverage(model, momentum=0.9)
+    with pytest.raises(RuntimeError, match="nothing to swap in"):  # used to swap in the construction-time copy
+        with ema.swapped():
+            pass
+    train(model, 2, [ema.update])
+    for updates, error in ((-3, ValueError), (1.5, TypeError), (True, TypeError)):
+        state = ema.state_dict()
+        state["updates"] = updates
+        with pytest.raises(error, match="updates"):  # -3 used to be accepted
+            ExponentialMovingAverage(model, momentum=0.9).load_state_dict(state)

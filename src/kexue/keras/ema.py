@@ -50,7 +50,9 @@ class ExponentialMovingAverage(keras.callbacks.Callback):
         momentum: beta in [0, 1); the average spans about 1 / (1 - beta) steps (eq. ema-window).
         backup_path: optional ``.npz`` file. If given, the average is written there at the end of every epoch,
             read back at the start of ``fit`` when the file exists (a resumed run continues the average it
-            had), and deleted at the end of a completed ``fit``; use it next to ``BackupAndRestore``.
+            had), and deleted at the end of a completed ``fit``; use it next to ``BackupAndRestore`` with its
+            default ``save_freq="epoch"`` (with a batch-level ``save_freq`` the model's backup is taken mid-epoch
+            and this one at the last epoch end, so the two would not belong to the same step).
     """
 
     def __init__(self, momentum: float = 0.999, backup_path: str | os.PathLike | None = None):

@@ -77,6 +77,8 @@ class ExponentialMovingAverage:
                 raise ValueError("`momentum` must be < 1: with momentum 1 the average never moves")
         self.model = model
         self.names = [name for name, p in model.named_parameters() if p.is_floating_point()]
+        if not self.names:
+            raise ValueError("`model` has no floating-point parameters to average")
         self.shadow = [_shadow_of(p) for p in self.params]
         self.updates = 0
 
@@ -116,7 +118,11 @@ class ExponentialMovingAverage:
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
-        """Averaged parameters in the model for the block; the raw ones restored exactly on exit."""
+        """Averaged parameters in the model for the block; the raw ones restored exactly on exit.
+
+        Raises ``RuntimeError`` before the first ``update()`` (there is no average yet)."""
+        if self.updates == 0:
+            raise RuntimeError("nothing to swap in yet: call update() after an optimizer step first")
         params = self._follow_devices()
         raw = [p.detach().clone() for p in params]
         try:
@@ -142,6 +148,7 @@ class ExponentialMovingAverage:
         if saved != (self.momentum, self.gamma):
             raise ValueError(f"`state` was saved with momentum {saved[0]}, gamma {saved[1]}; this average has "
                              f"momentum {self.momentum}, gamma {self.gamma}: construct it with the saved ones")
+        updates = positive_int("state['updates']", state["updates"], minimum=0)
         if len(state["shadow"]) != len(self.shadow):
             raise ValueError(f"state has {len(state['shadow'])} tensors, this average tracks {len(self.shadow)}")
         for k, (s, value) in enumerate(zip(self.shadow, state["shadow"])):
@@ -151,4 +158,4 @@ class ExponentialMovingAverage:
         with torch.no_grad():
             for s, value in zip(self.shadow, state["shadow"]):
                 s.copy_(value)
-        self.updates = int(state["updates"])
+        self.updates = updates
