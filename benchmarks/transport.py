@@ -2,8 +2,8 @@
 
 For n points against n points in 2-D (Euclidean cost): ``kexue.transport.wasserstein_primal`` (SciPy HiGHS) vs
 ``ot.emd2``, and ``kexue.transport.sinkhorn`` vs ``ot.sinkhorn2`` at the same regularisation (5% of the median
-cost) and the same stopping tolerance, so at equal accuracy (both values are printed). Medians of alternated
-repetitions. Run from the repository root: ``python benchmarks/transport.py [--lp-max 500]``.
+cost) and the same stopping tolerance, so at equal accuracy (both values are printed). Medians of repetitions (the
+two Sinkhorns alternated). Run from the repository root: ``python benchmarks/transport.py [--lp-max 500]``.
 """
 
 from __future__ import annotations
