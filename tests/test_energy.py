@@ -1,12 +1,12 @@
 """kexue.energy: Langevin, MALA, the replay buffer and the contrastive loss (chapter 06)."""
 
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
-
-import numpy as np
 
 from kexue.energy import ReplayBuffer, contrastive_loss, energy_mlp, langevin, mala, train_energy_model
 
@@ -71,7 +71,13 @@ def test_contrastive_gradient_is_the_likelihood_gradient_for_a_gaussian():
     assert lam.grad.item() == pytest.approx(exact, abs=5e-3)
 
 
-def test_training_runs_and_separates_data_from_samples():
+def test_contrastive_loss_value_with_the_penalty():
+    # U(x) = x: data energies 1 and 2, sample energy 3, so (regulariser) = 1.5 - 3 + alpha (2.5 + 9)
+    loss = contrastive_loss(lambda x: x[:, 0], torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0]]), alpha=0.2)
+    assert loss.item() == pytest.approx(1.5 - 3 + 0.2 * (2.5 + 9))
+
+
+def test_training_runs_and_returns_one_finite_gap_per_iteration():
     torch.manual_seed(0)
     data = torch.randn(512, 2) * 0.3 + 1.0
     model = nn.Sequential(nn.Linear(2, 32), nn.SiLU(), nn.Linear(32, 1))
@@ -158,3 +164,73 @@ def test_energy_mlp_shapes_and_spectral_norm():
         assert torch.linalg.matrix_norm(layer.weight, ord=2).item() == pytest.approx(1.0, rel=1e-3)
     with pytest.raises(TypeError, match="hidden"):
         energy_mlp(3, 8.0)
+
+
+def test_one_iteration_runs_the_stated_sampler_and_the_stated_update():
+    # Everything deterministic: noise_scale=0, reinit=0, all slots drawn, every data row the same point.
+    # Then the buffer after one iteration must hold langevin(U_before, start) and the parameters must have
+    # taken one Adam step on contrastive_loss(U_before, data, samples, alpha).
+    torch.manual_seed(0)
+    model = energy_mlp(2, 16)
+    before = copy.deepcopy(model)
+    start = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    buffer = ReplayBuffer(32, lambda n: start.clone() if n == 32 else torch.zeros(n, 2), reinit=0.0,
+                          generator=torch.Generator().manual_seed(2))
+    data = torch.tensor([[0.5, -0.25]]).repeat(10, 1)
+    energy_before = lambda x: before(x).squeeze(-1)  # noqa: E731
+    gaps = train_energy_model(model, data, 1, batch_size=32, buffer=buffer, langevin_steps=4, step_size=0.1,
+                              noise_scale=0.0, alpha=0.3, lr=1e-2, generator=torch.Generator().manual_seed(3))
+    samples = langevin(energy_before, start, 4, 0.1, noise_scale=0.0)
+    assert torch.allclose(buffer.points, samples, atol=1e-6)  # the chains ran as stated and were pushed back
+    with torch.no_grad():
+        gap = energy_before(data).mean() - energy_before(samples).mean()
+    assert gaps[0] == pytest.approx(gap.item(), abs=1e-5)
+    opt = torch.optim.Adam(before.parameters(), lr=1e-2, betas=(0.0, 0.999))
+    contrastive_loss(energy_before, data[:1].repeat(32, 1), samples, alpha=0.3).backward()
+    opt.step()
+    for p, q in zip(model.parameters(), before.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_points_may_be_scalars_and_x0_must_be_a_batch():
+    energy_1d = lambda x: 0.5 * x**2  # noqa: E731  (n,) -> (n,)
+    x0 = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    for clip in (None, 0.5):
+        x, rate = mala(energy_1d, x0, 5, 0.3, grad_clip=clip, generator=torch.Generator().manual_seed(0))
+        x2, rate2 = mala(gaussian_energy, x0[:, None], 5, 0.3, grad_clip=clip, generator=torch.Generator().manual_seed(0))
+        assert x.shape == x0.shape and torch.allclose(x, x2[:, 0]) and rate == rate2
+    with pytest.raises(ValueError, match="x0"):
+        langevin(energy_1d, torch.tensor(1.0), 1, 0.1)
+    with pytest.raises(TypeError, match="generator"):
+        langevin(energy_1d, x0, 1, 0.1, generator=0)
+
+
+def test_a_flat_energy_gives_brownian_motion():
+    # U constant: no drift, so after k steps of noise sqrt(2h) the variance is 2 h k (relative SE sqrt(2/n))
+    x = langevin(lambda z: torch.zeros(len(z)), torch.zeros(40_000, 1, dtype=torch.float64), 5, 0.1,
+                 generator=torch.Generator().manual_seed(4))
+    assert abs(x.var().item() / (2 * 0.1 * 5) - 1) < 4 * math.sqrt(2 / 40_000)
+    assert x.mean().abs().item() < 4 * math.sqrt(2 * 0.1 * 5 / 40_000)  # and no drift
+
+
+def test_mala_with_clipped_gradients_stays_exact():
+    # clipping changes the proposal; the reverse density must use the same clipped drift or exp(-U) is lost
+    n = 100_000
+    x, rate = mala(gaussian_energy, torch.zeros(n, 1, dtype=torch.float64), 300, 1.0, grad_clip=0.3,
+                   generator=torch.Generator().manual_seed(5))
+    assert abs(x.var().item() - 1) < 4 * math.sqrt(2 / n) and 0.3 < rate < 1
+
+
+def test_bad_arguments_of_the_buffer_and_the_trainer():
+    with pytest.raises(ValueError, match="init"):
+        ReplayBuffer(5, lambda n: 0.0)
+    with pytest.raises(TypeError, match="init"):
+        ReplayBuffer(5, torch.zeros(5, 2))
+    with pytest.raises(TypeError, match="generator"):
+        ReplayBuffer(5, lambda n: torch.zeros(n, 2), generator=1)
+    assert "points" not in repr(ReplayBuffer(5, lambda n: torch.zeros(n, 2)))
+    data, init = torch.randn(8, 2), (lambda n: torch.randn(n, 2))  # noqa: E731
+    with pytest.raises(TypeError, match="model"):
+        train_energy_model(lambda x: x.sum(1), data, 1, batch_size=4, fresh_init=init)
+    with pytest.raises(ValueError, match="lr"):
+        train_energy_model(energy_mlp(2, 4), data, 1, batch_size=4, fresh_init=init, lr=0.0)

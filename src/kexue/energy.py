@@ -40,10 +40,18 @@ def _energy_and_grad(energy: Energy, x: torch.Tensor) -> tuple[torch.Tensor, tor
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         u = energy(x)
-        if u.shape != (len(x),):
-            raise ValueError(f"`energy` must map a batch of {len(x)} points to {len(x)} energies, got {tuple(u.shape)}")
-        (grad,) = torch.autograd.grad(u.sum(), x)
-    return u.detach(), grad.detach()
+        if not isinstance(u, torch.Tensor) or u.shape != (len(x),):
+            shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"`energy` must map a batch of {len(x)} points to {len(x)} energies, got {shape}")
+        if not u.requires_grad:  # an energy that does not depend on x (a flat law) has zero gradient
+            return u.detach(), torch.zeros_like(x).detach()
+        (grad,) = torch.autograd.grad(u.sum(), x, allow_unused=True)
+    return u.detach(), (torch.zeros_like(x) if grad is None else grad).detach()
+
+
+def _per_point(t: torch.Tensor) -> torch.Tensor:
+    """One row per point: (n, ...) -> (n, d); points may be scalars (x0 of shape (n,)) or arrays."""
+    return t.reshape(len(t), -1)
 
 
 def _chain(
@@ -67,11 +75,15 @@ def _chain(
         grad_clip = _real("grad_clip", grad_clip)
     if not isinstance(x0, torch.Tensor) or not torch.is_floating_point(x0):
         raise TypeError("`x0` must be a floating-point tensor of points (batch first)")
+    if x0.dim() == 0:
+        raise ValueError("`x0` must hold a batch of points (batch first), got a 0-d tensor")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}")
 
     def clipped(g: torch.Tensor) -> torch.Tensor:
         if grad_clip is None:
             return g
-        norms = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (g.dim() - 1)))
+        norms = _per_point(g).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (g.dim() - 1)))
         return g * (grad_clip / norms).clamp(max=1.0)
 
     # a CPU generator draws on the CPU (then the draws move to x0's device); any other draws where x0 lives
@@ -79,7 +91,7 @@ def _chain(
     x = x0.detach().clone()
     u, grad = _energy_and_grad(energy, x)
     grad = clipped(grad)
-    accepted = torch.zeros((), dtype=torch.float64, device=x.device)
+    accepted = torch.zeros((), dtype=torch.float32, device=x.device)  # float32: MPS has no float64
     for _ in range(steps):
         noise = torch.randn(x.shape, dtype=x.dtype, generator=generator, device=draw_on).to(x.device)
         proposal = x - step_size * grad + noise_scale * noise
@@ -89,8 +101,8 @@ def _chain(
             x, u, grad = proposal, u_new, grad_new
             continue
         # eq. (mala): accept with probability min(1, p(x') q(x | x') / (p(x) q(x' | x))), with Gaussian q.
-        forward = ((proposal - x + step_size * grad) ** 2).flatten(1).sum(1)
-        backward = ((x - proposal + step_size * grad_new) ** 2).flatten(1).sum(1)
+        forward = _per_point(proposal - x + step_size * grad).pow(2).sum(1)
+        backward = _per_point(x - proposal + step_size * grad_new).pow(2).sum(1)
         log_ratio = -u_new + u - (backward - forward) / (4 * step_size)
         uniform = torch.rand(len(x), dtype=x.dtype, generator=generator, device=draw_on).to(x.device)
         accept = torch.log(uniform) < log_ratio
@@ -98,8 +110,8 @@ def _chain(
         x = torch.where(mask, proposal, x)
         u = torch.where(accept, u_new, u)
         grad = torch.where(mask, grad_new, grad)
-        accepted = accepted + accept.double().mean()
-    rate = accepted / steps if (steps and metropolis) else torch.ones((), dtype=torch.float64, device=x.device)
+        accepted = accepted + accept.float().mean()
+    rate = accepted / steps if (steps and metropolis) else torch.ones((), dtype=torch.float32, device=x.device)
     return x, rate
 
 
@@ -121,8 +133,9 @@ def langevin(
     accept/reject step (eq. ``mala``), which makes exp(-U) exactly stationary; it requires the default noise
     (use :func:`mala` to also get the acceptance rate). ``grad_clip`` clips each point's gradient norm (with
     Metropolis, in the proposal and in its reverse density alike, so the chain stays exact). ``step_size``,
-    ``noise_scale`` and ``grad_clip`` may be Python or NumPy numbers or 0-d arrays/tensors. Always returns the
-    final points, a tensor like ``x0``. The random draws come from ``generator`` (CPU or on ``x0``'s device)
+    ``noise_scale`` and ``grad_clip`` may be Python or NumPy numbers or 0-d arrays/tensors. ``x0`` is a batch of
+    points, batch first: shape (n,) for scalar points or (n, ...); ``energy`` maps it to n energies. Always
+    returns the final points, a tensor like ``x0``. The random draws come from ``generator`` (CPU or on ``x0``'s device)
     or, without one, from torch's global generator.
     """
     return _chain(energy, x0, steps, step_size, noise_scale, metropolis, grad_clip, generator)[0]
@@ -158,14 +171,19 @@ class ReplayBuffer:
     init: Callable[[int], torch.Tensor]
     reinit: float = 0.05
     generator: torch.Generator | None = None
-    points: torch.Tensor = field(init=False)
+    points: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.capacity = positive_int("capacity", self.capacity)
         self.reinit = fraction("reinit", self.reinit, allow_zero=True)
+        if not callable(self.init):
+            raise TypeError(f"`init` must be a callable n -> tensor of n points, got {type(self.init).__name__}")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise TypeError(f"`generator` must be a torch.Generator or None, got {type(self.generator).__name__}")
         self.points = self.init(self.capacity)
-        if not isinstance(self.points, torch.Tensor) or len(self.points) != self.capacity:
-            raise ValueError(f"`init(n)` must return a tensor of n points, got {len(self.points)} for n = {self.capacity}")
+        if not isinstance(self.points, torch.Tensor) or self.points.dim() == 0 or len(self.points) != self.capacity:
+            got = tuple(self.points.shape) if isinstance(self.points, torch.Tensor) else type(self.points).__name__
+            raise ValueError(f"`init(n)` must return a tensor of n points, got {got} for n = {self.capacity}")
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n starting points from n distinct slots (``reinit`` of them fresh noise), and the slots."""
@@ -239,19 +257,22 @@ def train_energy_model(
     Negative samples start from ``buffer`` (persistent chains, eq. ``buffer``) or, without one, from
     ``fresh_init`` noise. The defaults decouple the noise from the step (eq. ``temperature``), as practical code
     does. During sampling the parameters are frozen (no parameter gradients are built) and the model is in
-    eval mode; one forward pass on data and samples together gives both the loss and the returned gap
-    E_data[U] - E_model[U] of each iteration (before its update).
+    eval mode; one forward pass on data and samples together, in train mode, gives both the loss and the
+    returned gap E_data[U] - E_model[U] of each iteration (before its update). The model is left in train mode.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module mapping points to energies, got {type(model).__name__}")
     if (buffer is None) == (fresh_init is None):
         raise ValueError("give exactly one of `buffer` (persistent chains) and `fresh_init` (fresh noise)")
     iterations = positive_int("iterations", iterations)
     batch_size = positive_int("batch_size", batch_size)
     alpha = _real("alpha", alpha, allow_zero=True)
+    lr = _real("lr", lr)
     if not isinstance(data, torch.Tensor) or not torch.is_floating_point(data):
         raise TypeError("`data` must be a floating-point tensor (batch first)")
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.0, 0.999))
     params = [p for p in model.parameters() if p.requires_grad]
-    gaps = torch.zeros(iterations, dtype=torch.float64, device=data.device)
+    gaps = torch.zeros(iterations, dtype=torch.float32, device=data.device)  # float32: MPS has no float64
     energy = lambda x: model(x).squeeze(-1)  # noqa: E731
     for i in range(iterations):
         rows = torch.randint(0, len(data), (batch_size,), generator=generator).to(data.device)
