@@ -135,8 +135,9 @@ class LazyOptimizer(OptimizerWrapper):
     (with an ``IndexedSlices`` gradient on tensorflow; the torch backend's dense gradient is scanned once
     to find them). On a 1,000,000 x 64 table and 1,024 ids a step it measured 13x faster than Keras's
     dense Adam on tensorflow and 3.9x on torch (``book/performance.md``). Repeated ids of an
-    ``IndexedSlices`` are summed first, as in the dense gradient. The *masked* path runs the inner optimizer's dense update and restores the absent rows
-    from a copy, at more than the dense update's cost; it serves ``rule="essay"`` (whose moments decay on
+    ``IndexedSlices`` are summed first, as in the dense gradient. The *masked* path runs the inner
+    optimizer's dense update and restores the absent rows from a copy, at more than the dense update's
+    cost; it serves ``rule="essay"`` (whose moments decay on
     every row), ``Nadam`` and ``Ftrl``, an inner optimizer with ``use_ema``, ``global_clipnorm`` or
     ``gradient_accumulation_steps``, a lazy variable with a constraint, and a tensorflow distribution
     strategy.
