@@ -46,16 +46,9 @@ class _Rows:
     """
 
     def __init__(self, variable: keras.Variable, value: Any):
-        self.variable = variable
         self.value = value
         self.dtype = variable.dtype
-        self.name = variable.name
-        self.path = variable.path
         self._unique_id = f"kexue-rows-{id(self)}"  # the key the tensorflow backend's optimizer looks up
-
-    @property
-    def shape(self) -> Any:
-        return self.value.shape
 
     def assign(self, value: Any) -> None:
         self.value = ops.cast(value, self.dtype)
@@ -66,30 +59,10 @@ class _Rows:
     def assign_sub(self, value: Any) -> None:
         self.value = ops.subtract(self.value, ops.cast(value, self.dtype))
 
-    # Some update steps use Python operators on their slots (Adadelta: rho * accumulated_grad).
-    def __add__(self, other: Any) -> Any:
-        return ops.add(self.value, other)
-
-    def __radd__(self, other: Any) -> Any:
-        return ops.add(other, self.value)
-
-    def __sub__(self, other: Any) -> Any:
-        return ops.subtract(self.value, other)
-
-    def __rsub__(self, other: Any) -> Any:
-        return ops.subtract(other, self.value)
-
-    def __mul__(self, other: Any) -> Any:
-        return ops.multiply(self.value, other)
-
+    # Adadelta's update step writes `rho * accumulated_grad` with a Python float on the left. (With a tensor
+    # on the other side, as centred RMSprop's `velocity - square(...)`, the tensor's own operator converts us.)
     def __rmul__(self, other: Any) -> Any:
         return ops.multiply(other, self.value)
-
-    def __truediv__(self, other: Any) -> Any:
-        return ops.divide(self.value, other)
-
-    def __neg__(self) -> Any:
-        return ops.negative(self.value)
 
 
 if keras.backend.backend() == "tensorflow":
