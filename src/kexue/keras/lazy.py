@@ -112,8 +112,12 @@ class LazyOptimizer(OptimizerWrapper):
     optimizer's dense update and restores the absent rows from a copy, at more than the dense update's
     cost; it serves ``rule="essay"`` (whose moments decay on
     every row), ``Nadam`` and ``Ftrl``, an inner optimizer with ``use_ema``, ``global_clipnorm`` or
-    ``gradient_accumulation_steps``, a lazy variable with a constraint, and a tensorflow distribution
-    strategy.
+    ``gradient_accumulation_steps``, a lazy variable with a constraint, a tensorflow distribution
+    strategy, and, on the torch backend, weight decay from which every non-lazy variable is excluded.
+
+    One difference from SparseAdam and TensorFlow Addons' LazyAdam remains: they update every row listed
+    in a sparse gradient, also one whose repeated lookups sum to a zero gradient row (its moments decay and
+    its weights move on by its momentum); here such a row is absent.
     """
 
     _config_keys = ("lazy_variables", "rule")
@@ -170,6 +174,10 @@ class LazyOptimizer(OptimizerWrapper):
             return False
         if keras.backend.backend() == "tensorflow" and tf.distribute.has_strategy():
             return False
+        rest = [v for v in variables if not self.is_lazy(v)]
+        if (keras.backend.backend() == "torch" and inner.weight_decay is not None and rest
+                and not any(inner._use_weight_decay(v) for v in rest)):
+            return False  # Keras's torch optimizer fails on weight decay over an empty list (all of the rest excluded)
         return not any(self.is_lazy(v) and v.constraint is not None for v in variables)
 
     def apply(self, grads: list[Any], trainable_variables: list[keras.Variable] | None = None) -> None:
@@ -220,6 +228,8 @@ class LazyOptimizer(OptimizerWrapper):
         """eq. (sparse-rule): the inner optimizer's update on the present rows of ``variable`` only."""
         inner = self.inner_optimizer
         index, rows_grad = _present_rows(gradient, variable)
+        if index.shape[0] == 0:  # known only when eager; Keras's ops.add on tensorflow fails on a (0, d) "bias"
+            return
         if inner.loss_scale_factor is not None:
             rows_grad = rows_grad / inner.loss_scale_factor
         rows_grad = inner._clip_gradients([rows_grad])[0]  # clipnorm / clipvalue: absent rows are zero
