@@ -302,7 +302,7 @@ def test_an_empty_apply_is_not_a_step():
 
 
 def test_row_wise_step_without_present_rows_and_with_weight_decay_excluded():
-    """A step where a lazy table has no present row (eager tensorflow once crashed on its 0-row update: Keras's
+    """Rows with one nonzero component are present on both paths. A step where a lazy table has no present row (eager tensorflow once crashed on its 0-row update: Keras's
     ``ops.add`` takes a (0, d) tensor for a bias), and AdamW whose only non-lazy variable is excluded from
     weight decay (the torch backend once crashed on the empty weight-decay list of the rest)."""
     for make in (lambda: keras.optimizers.Adam(1e-2), lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.3)):
@@ -316,12 +316,13 @@ def test_row_wise_step_without_present_rows_and_with_weight_decay_excluded():
             opt = cls(inner)
             for rows in ([], [1, 3], [], [3]):
                 g = np.zeros((5, 3), "float32")
-                g[rows] = 1.0
+                g[rows] = (1.0, 0.0, -2.0)  # a present row may have zero components: any nonzero one counts
                 opt.apply([keras.ops.convert_to_tensor(g), keras.ops.ones(3)], [table, kernel])
             states.append([np.array(table), np.array(kernel)] + [np.array(s) for s in opt.slots_of(table)])
         for a, b in zip(*states):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
         assert np.array_equal(states[0][0][[0, 2, 4]], RNG_START[[0, 2, 4]]) and int(opt.iterations) == 4
+        assert np.all(states[0][0][[1, 3]][:, [0, 2]] != RNG_START[[1, 3]][:, [0, 2]])
 
 
 @only_once
