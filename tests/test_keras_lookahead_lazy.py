@@ -302,8 +302,9 @@ def test_an_empty_apply_is_not_a_step():
 
 
 def test_row_wise_step_without_present_rows_and_with_weight_decay_excluded():
-    """Rows with one nonzero component are present on both paths. A step where a lazy table has no present row (eager tensorflow once crashed on its 0-row update: Keras's
-    ``ops.add`` takes a (0, d) tensor for a bias), and AdamW whose only non-lazy variable is excluded from
+    """Rows with one nonzero component are present on both paths. A step where a lazy table has no present
+    row (eager tensorflow once crashed on its 0-row update: Keras's ``ops.add`` takes a (0, d) tensor for a
+    bias), and AdamW whose only non-lazy variable is excluded from
     weight decay (the torch backend once crashed on the empty weight-decay list of the rest)."""
     for make in (lambda: keras.optimizers.Adam(1e-2), lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.3)):
         states = []
