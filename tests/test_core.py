@@ -8,7 +8,7 @@ import torch
 
 import kexue
 from kexue import plot
-from kexue._checks import one_of, positive_int
+from kexue._checks import finite_real, one_of, positive_int
 from kexue.progress_bar import progress, progress_enabled
 
 
@@ -79,6 +79,15 @@ def test_checks_name_the_argument():
         positive_int("steps", 2.0)
     with pytest.raises(ValueError, match="`kind` must be one of 'a', 'b'; got 'c'"):
         one_of("kind", "c", ("a", "b"))
+    assert finite_real("gamma", 0) == 0.0 and finite_real("scale", np.float32(1.5), minimum=1.0) == 1.5
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="`gamma` must be a finite real number >= 0"):
+            finite_real("gamma", bad)
+    with pytest.raises(ValueError, match="`lr` must be a finite real number > 0, got 0"):
+        finite_real("lr", 0, inclusive=False)
+    for bad in (True, "1", None):
+        with pytest.raises(TypeError, match="`gamma`"):
+            finite_real("gamma", bad)
 
 
 def test_plot_style_applies_the_palette():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -32,4 +33,15 @@ def fraction(name: str, value: Any, *, allow_zero: bool = False) -> float:
     low_ok = value >= 0 if allow_zero else value > 0
     if not (low_ok and value <= 1):
         raise ValueError(f"`{name}` must be in {'[0' if allow_zero else '(0'}, 1], got {value}")
+    return float(value)
+
+
+def finite_real(name: str, value: Any, *, minimum: float = 0.0, inclusive: bool = True) -> float:
+    """Return ``value`` as a float if it is a finite real ``>= minimum`` (``> minimum`` unless ``inclusive``);
+    raise ``TypeError`` for a non-number (booleans included) and ``ValueError`` otherwise, naming ``name``."""
+    bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a finite real number {bound}, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and (value >= minimum if inclusive else value > minimum)):
+        raise ValueError(f"`{name}` must be a finite real number {bound}, got {value!r}")
     return float(value)

@@ -10,7 +10,6 @@ Boltzmann machines using approximations to the likelihood gradient", ICML 2008 (
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kexue._checks import fraction, positive_int
+from kexue._checks import finite_real, fraction, positive_int
 
 Energy = Callable[[torch.Tensor], torch.Tensor]
 
@@ -28,12 +27,7 @@ def _real(name: str, value: Any, *, allow_zero: bool = False) -> float:
     """A Python float from a positive (or non-negative) finite real: int, float, NumPy scalar, 0-d array or tensor."""
     if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a real number (or a 0-d array/tensor), got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
-        raise ValueError(f"`{name}` must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value!r}")
-    return value
+    return finite_real(name, value, inclusive=allow_zero)
 
 
 def _energy_and_grad(energy: Energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,15 +31,13 @@ Example::
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from kexue._checks import fraction, positive_int
+from kexue._checks import finite_real, fraction, positive_int
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -64,11 +62,7 @@ class ExponentialMovingAverage:
         if gamma is not None:
             if momentum is not None:
                 raise ValueError("give `momentum` (a constant beta) or `gamma` (a power-function average), not both")
-            if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-                raise TypeError(f"`gamma` must be a real number >= 0, got {gamma!r}")
-            if not (math.isfinite(gamma) and gamma >= 0):
-                raise ValueError(f"`gamma` must be a finite number >= 0, got {gamma}")
-            self.gamma: float | None = float(gamma)
+            self.gamma: float | None = finite_real("gamma", gamma)
             self.momentum: float | None = None
         else:
             self.gamma = None

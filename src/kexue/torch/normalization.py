@@ -8,13 +8,11 @@ moved by noise that changes at every step.
 
 from __future__ import annotations
 
-import math
-import numbers
 
 import torch
 from torch import nn
 
-from kexue._checks import one_of, positive_int
+from kexue._checks import finite_real, one_of, positive_int
 
 NORM_VARIANTS = ("none", "BN", "BN before linear", "noisy BN", "LayerNorm", "none, careful init")
 
@@ -38,12 +36,8 @@ class _NoisyAfterNorm:
 
 
 def _noise(shift: float, scale: float, noise_std: float) -> tuple[float, float, float]:
-    for name, value, low in (("shift", shift, 0.0), ("scale", scale, 1.0), ("noise_std", noise_std, 0.0)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"`{name}` must be a real number >= {low:g}, got {value!r}")
-        if not (value >= low and math.isfinite(value)):
-            raise ValueError(f"`{name}` must be a finite number >= {low:g}, got {value!r}")
-    return float(shift), float(scale), float(noise_std)
+    return (finite_real("shift", shift), finite_real("scale", scale, minimum=1.0),
+            finite_real("noise_std", noise_std))
 
 
 class NoisyBatchNorm1d(_NoisyAfterNorm, nn.BatchNorm1d):
